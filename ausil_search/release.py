@@ -1,0 +1,155 @@
+"""The original release's three steps — extract, similarity, evaluate — on this project's models.
+
+Inputs and outputs match the release scripts, so existing video lists, feature folders and
+annotation files keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .extraction import Extractor
+from .formats import (
+    HDF5FeatureWriter,
+    ListEntry,
+    chunked,
+    feature_path,
+    is_feature_file,
+    load_feature_file,
+    save_feature_file,
+)
+from .model import AuSiLModel
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class ExtractSummary:
+    written: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    segments: int = 0
+    audio_seconds: float = 0.0
+    output: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "written": len(self.written),
+            "skipped": self.skipped,
+            "segments": self.segments,
+            "audio_seconds": round(self.audio_seconds, 3),
+        }
+
+
+def hdf5_output_path(output: Path) -> Path:
+    output = Path(output)
+    return output if output.suffix.lower() in (".h5", ".hdf5") else output / "features.hdf5"
+
+
+def extract_features(
+    entries: list[ListEntry],
+    output: Path,
+    extractor: Extractor,
+    file_format: Literal["npz", "hdf5"] = "npz",
+    on_progress: Callable[[ListEntry, str | None], None] | None = None,
+) -> ExtractSummary:
+    """Write each video's backbone descriptors; unusable files are recorded in `skipped` and passed over."""
+    summary = ExtractSummary()
+    hdf5 = None
+    if file_format == "hdf5":
+        summary.output = str(hdf5_output_path(output))
+        hdf5 = HDF5FeatureWriter(
+            Path(summary.output),
+            attrs={"model": extractor.model.identity, "step_frames": extractor.frontend.step_frames},
+        )
+    else:
+        summary.output = str(output)
+    try:
+        for entry, video in zip(entries, extractor.run([e.path for e in entries])):
+            if not video.ok:
+                summary.skipped[entry.video_id] = video.error or "unknown error"
+            else:
+                if hdf5 is not None:
+                    hdf5.write(entry.video_id, video.descriptors)
+                else:
+                    save_feature_file(feature_path(output, entry.video_id), video.descriptors)
+                summary.written.append(entry.video_id)
+                summary.segments += len(video.descriptors)
+                summary.audio_seconds += video.duration_s
+            if on_progress:
+                on_progress(entry, video.error)
+    finally:
+        if hdf5 is not None:
+            hdf5.close()
+    return summary
+
+
+class FeatureSource:
+    """Segment descriptors for list entries that name either feature files or media files."""
+
+    def __init__(self, model: AuSiLModel, extractor_factory: Callable[[], Extractor]):
+        self.model = model
+        self._extractor_factory = extractor_factory
+        self._extractor: Extractor | None = None
+
+    def descriptors(self, entry: ListEntry) -> np.ndarray:
+        if is_feature_file(entry.path):
+            return load_feature_file(entry.path)
+        if self._extractor is None:
+            self._extractor = self._extractor_factory()
+        return self._extractor.descriptors(entry.path).descriptors
+
+
+@dataclass
+class SimilarityResult:
+    similarities: dict[str, dict[str, float]]
+    skipped: dict[str, str]
+
+
+def _embed(model: AuSiLModel, descriptors: np.ndarray, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)).to(device))
+
+
+def compute_similarities(
+    queries: list[ListEntry],
+    database: list[ListEntry],
+    model: AuSiLModel,
+    source: FeatureSource,
+    device: torch.device | str = "cpu",
+    chunk_size: int = 32,
+    progress: Callable[[Iterator], Iterator] = lambda it: it,
+) -> SimilarityResult:
+    """Exhaustive AuSiL scores of every query against every database video (release JSON layout)."""
+    device = torch.device(device)
+    model.head.to(device).eval()
+    skipped: dict[str, str] = {}
+    query_embeddings: dict[str, torch.Tensor] = {}
+    for entry in queries:
+        try:
+            query_embeddings[entry.video_id] = _embed(model, source.descriptors(entry), device)
+        except InputError as exc:
+            skipped[entry.video_id] = str(exc)
+    similarities: dict[str, dict[str, float]] = {qid: {} for qid in query_embeddings}
+
+    def embedded_database() -> Iterator[tuple[str, torch.Tensor]]:
+        for entry in progress(iter(database)):
+            try:
+                yield entry.video_id, _embed(model, source.descriptors(entry), device)
+            except InputError as exc:
+                skipped[entry.video_id] = str(exc)
+
+    with torch.inference_mode():
+        for chunk in chunked(embedded_database(), chunk_size):
+            ids = [video_id for video_id, _ in chunk]
+            candidates = [embedding for _, embedding in chunk]
+            for query_id, query in query_embeddings.items():
+                scores = model.head.score_many(query, candidates).tolist()
+                similarities[query_id].update(zip(ids, scores))
+    return SimilarityResult(similarities, skipped)

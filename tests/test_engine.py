@@ -1,0 +1,230 @@
+"""The search engine end to end: real encoded media, real LMDB and FAISS files on disk.
+
+The model is a seeded random backbone with identity whitening and a pass-through comparator
+(`conftest.model_path`). Random convolutional features of a log-mel are a deterministic, local
+function of the audio, so copies of a recording that keep its spectro-temporal shape (re-encodes,
+added noise, crops) keep their segment descriptors close while different recordings do not; that
+is what ranking the partner first checks. Speed-changed copies need a trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ausil_search.cli import cli
+from ausil_search.engine import SearchEngine
+from ausil_search.errors import IndexStoreError
+from ausil_search.stores import SegmentStore
+from media import synth_music, write_audio_file, write_video_file, write_video_without_audio
+
+N_ORIGINALS = 6
+N_DISTRACTORS = 8
+CONTAINERS = [".mp4", ".mkv", ".webm", ".m4a", ".ogg", ".wav"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def noisy(samples: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(samples.shape).astype(np.float32)
+    scale = np.sqrt(np.mean(samples**2) / np.mean(noise**2) / 10 ** (snr_db / 10))
+    return np.clip(samples + scale * noise, -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """`db/` holds originals, distractors and broken files; `queries/` the transformed copies."""
+    root = tmp_path_factory.mktemp("collection")
+    db, queries = root / "db", root / "queries"
+    (db / "nested" / "deeper").mkdir(parents=True)
+    queries.mkdir()
+    sr = 44100
+    pairs = {}
+    for i in range(N_ORIGINALS):
+        signal_ = synth_music(12.0 + i, sr, seed=100 + i, channels=2)
+        original = db / ("nested" if i % 2 else "") / f"original{i}{CONTAINERS[i % len(CONTAINERS)]}"
+        write = write_audio_file if original.suffix in (".m4a", ".ogg", ".wav") else write_video_file
+        write(original, signal_, sr)
+        kind = ("reencode", "noise", "crop")[i % 3]
+        if kind == "reencode":  # low-bitrate MP3 at 22.05 kHz
+            copy = queries / f"copy{i}.mp3"
+            write_audio_file(copy, signal_[:, ::2], sr // 2, bitrate=32000)
+        elif kind == "noise":  # white noise at 10 dB SNR, AAC in MP4
+            copy = queries / f"copy{i}.mp4"
+            write_video_file(copy, noisy(signal_, 10, seed=i), sr)
+        else:  # the middle 60%, cut off the segment grid
+            n = signal_.shape[1]
+            start = int(0.2 * n) + int(0.3 * sr)
+            copy = queries / f"copy{i}.mkv"
+            write_video_file(copy, signal_[:, start:start + int(0.6 * n)], sr)
+        pairs[copy] = original
+    for j in range(N_DISTRACTORS):
+        folder = db / "nested" / "deeper" if j % 2 else db
+        write_audio_file(folder / f"distractor{j}.flac", synth_music(10.0, sr, seed=500 + j), sr)
+    # broken inputs that must be reported and skipped
+    (db / "empty.mp4").write_bytes(b"")
+    (db / "corrupt.mkv").write_bytes(np.random.default_rng(1).bytes(40_000))
+    write_video_without_audio(db / "no_audio.mp4")
+    write_audio_file(db / "tiny.wav", synth_music(0.5, sr, seed=9), sr)  # < 1 s: indexed, padded to one segment
+    (db / "notes.txt").write_text("not media")
+    os.symlink(db, db / "nested" / "loop")  # a symlink loop must not hang the walk
+    return {"root": root, "db": db, "queries": queries, "pairs": pairs}
+
+
+@pytest.fixture(scope="module")
+def built_index(collection, tmp_path_factory, model_path):
+    index_dir = tmp_path_factory.mktemp("index") / "idx"
+    result = run("index", collection["db"], "--index", index_dir, "--model", model_path, "--workers", "1", "--json")
+    assert result.exit_code == 0, result.output
+    return index_dir, json.loads(result.stdout)
+
+
+def test_index_reports_broken_files_and_counts(collection, built_index):
+    _, report = built_index
+    expected_videos = N_ORIGINALS + N_DISTRACTORS + 1  # + tiny.wav
+    assert report["added"] == expected_videos and report["updated"] == 0
+    skipped = {Path(p).name for p in report["skipped"]}
+    assert skipped == {"empty.mp4", "corrupt.mkv", "no_audio.mp4"}
+    assert report["index"]["videos"] == expected_videos
+    assert report["index"]["global_index"]["type"] == "flat"  # exact at this size
+
+
+def test_each_copy_finds_its_original_first(collection, built_index):
+    index_dir, _ = built_index
+    copies = sorted(collection["pairs"])
+    result = run("query", *copies, "--index", index_dir, "--json", "-k", "5")
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == len(copies)
+    for copy, answer in zip(copies, answers):
+        top = answer["matches"][0]
+        assert Path(top["path"]) == collection["pairs"][copy].absolute(), (copy.name, answer["matches"][:3])
+        assert top["score"] > answer["matches"][1]["score"]
+        assert answer["candidates"] == N_ORIGINALS + N_DISTRACTORS + 1
+        if "crop" in copy.name or copy.suffix == ".mkv":
+            # the crop started 20% + 0.3 s into the original: the match span starts near there
+            original_length = 12.0 + int(copy.stem[-1])
+            assert abs(top["match_span"][0] - 0.2 * original_length) <= 3.0, top
+
+
+def test_exhaustive_agrees_with_recall_path(collection, built_index):
+    index_dir, _ = built_index
+    engine = SearchEngine(index_dir, writable=False, workers=0)
+    with engine:
+        for copy in sorted(collection["pairs"]):
+            fast = engine.query(copy, top_k=3, candidates=8)
+            full = engine.query(copy, top_k=3, exhaustive=True)
+            assert fast.matches[0].path == full.matches[0].path
+            assert fast.matches[0].score == pytest.approx(full.matches[0].score, abs=1e-5)
+            assert full.candidates == N_ORIGINALS + N_DISTRACTORS + 1 and fast.candidates == 8
+
+
+def test_rerun_is_incremental_and_prune_follows_the_disk(collection, tmp_path, model_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    sr = 22050
+    for k in range(4):
+        write_audio_file(db / f"song{k}.ogg", synth_music(6.0, sr, seed=900 + k), sr)
+    index_dir = tmp_path / "idx"
+    first = json.loads(run("index", db, "--index", index_dir, "--model", model_path, "--workers", "0", "--json").stdout)
+    assert first["added"] == 4
+    again = json.loads(run("index", db, "--index", index_dir, "--workers", "0", "--json").stdout)
+    assert (again["added"], again["updated"], again["unchanged"]) == (0, 0, 4)
+
+    os.utime(db / "song0.ogg", ns=(0, 123_456_789_000))  # touched, same bytes: not re-extracted
+    write_audio_file(db / "song1.ogg", synth_music(7.0, sr, seed=999), sr)  # changed content
+    (db / "song2.ogg").unlink()
+    write_audio_file(db / "song4.ogg", synth_music(5.0, sr, seed=904), sr)  # new
+    before = {r.path: r.id for r in SearchEngine(index_dir, writable=False).records()}
+
+    no_prune = json.loads(run("index", db, "--index", index_dir, "--workers", "0", "--json").stdout)
+    assert (no_prune["added"], no_prune["updated"], no_prune["unchanged"], no_prune["removed"]) == (1, 1, 2, 0)
+    pruned = json.loads(run("index", db, "--index", index_dir, "--workers", "0", "--prune", "--json").stdout)
+    assert pruned["removed"] == 1 and pruned["unchanged"] == 4
+
+    with SearchEngine(index_dir, writable=False) as engine:
+        records = {Path(r.path).name: r for r in engine.records()}
+        assert set(records) == {"song0.ogg", "song1.ogg", "song3.ogg", "song4.ogg"}
+        assert records["song0.ogg"].id == before[str((db / "song0.ogg").absolute())]
+        assert records["song1.ogg"].id != before[str((db / "song1.ogg").absolute())]
+        assert engine.global_index.ntotal == 4
+        top = engine.query(db / "song1.ogg", top_k=1).matches[0]
+        assert Path(top.path).name == "song1.ogg"
+
+    removed = json.loads(run("remove", db / "song3.ogg", "--index", index_dir, "--json").stdout)
+    assert [Path(p).name for p in removed["removed"]] == ["song3.ogg"]
+    info = json.loads(run("info", "--index", index_dir, "--json").stdout)
+    assert info["videos"] == 3 and info["global_index"]["ntotal"] == 3
+    assert info["model"]["sha256"] and info["disk_bytes"] > 0
+
+
+def test_index_refuses_another_model(collection, built_index, tmp_path):
+    index_dir, _ = built_index
+    other = tmp_path / "other.safetensors"
+    assert run("weights", "init", "-o", other, "--seed", "99").exit_code == 0
+    result = run("index", collection["db"], "--index", index_dir, "--model", other)
+    assert result.exit_code == 1 and "was built with model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_query_without_index_is_one_line(tmp_path, collection):
+    result = run("query", next(iter(collection["pairs"])), "--index", tmp_path / "nothing")
+    assert result.exit_code == 1 and "no index at" in result.output and "Traceback" not in result.output
+
+
+def _store_count(segments_dir: Path) -> int:
+    try:
+        store = SegmentStore(segments_dir, readonly=True)
+    except IndexStoreError:
+        return 0
+    try:
+        return len(store)
+    finally:
+        store.close()
+
+
+def test_killed_run_resumes_to_the_same_index(collection, tmp_path, model_path, built_index):
+    """SIGKILL after the first commits; the index opens, answers, and a rerun completes it exactly."""
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "ausil_search.cli", "index", str(collection["db"]), "--index", str(killed_dir),
+               "--model", str(model_path), "--workers", "0", "--commit-every", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while _store_count(killed_dir / "segments") < 2:
+            assert process.poll() is None, "the indexer finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    partial = _store_count(killed_dir / "segments")
+    assert 2 <= partial < N_ORIGINALS + N_DISTRACTORS + 1
+
+    # The interrupted index opens and answers queries (the FAISS file may be missing or stale).
+    with SearchEngine(killed_dir, writable=False, workers=0) as engine:
+        assert engine.global_index.ntotal == partial
+        assert len(engine.query(next(iter(collection["pairs"])), top_k=1).matches) == 1
+
+    result = run("index", collection["db"], "--index", killed_dir, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    resumed = json.loads(result.stdout)
+    assert resumed["unchanged"] == partial
+
+    with SearchEngine(killed_dir, writable=False) as killed, SearchEngine(built_index[0], writable=False) as clean:
+        killed_map = sorted((r.id, r.path) for r in killed.records())
+        clean_map = sorted((r.id, r.path) for r in clean.records())
+        assert killed_map == clean_map
+        assert len({path for _, path in killed_map}) == len(killed_map)
+        assert killed.global_index.ntotal == len(killed_map)
