@@ -140,6 +140,11 @@ def _regroup(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """16 on CPU (measured fastest there), 64 on accelerators (which need wide batches)."""
+    return 16 if device.type == "cpu" else 64
+
+
 class SegmentEncoder:
     """Batched inference: log-mel segments (N, T, 128) -> descriptors (N, 2528), float32 numpy.
 
@@ -160,15 +165,17 @@ class SegmentEncoder:
         self,
         backbone: WeakMxH64,
         device: str | torch.device | None = None,
-        batch_size: int = 64,
-        precision: Precision = "fp32",
+        batch_size: int | None = None,
+        precision: Precision = "fused",
         compile: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = pick_device(device)
+        if batch_size is None:
+            batch_size = default_batch_size(self.device)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = pick_device(device)
         self.batch_size = batch_size
         self.precision = precision
         network = backbone if precision == "fp32" else fuse_batch_norm(backbone)

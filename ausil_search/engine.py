@@ -41,6 +41,7 @@ GLOBAL_INDEX_NAME = "global.faiss"
 COMMIT_EVERY_VIDEOS = 16
 COMMIT_EVERY_SECONDS = 10.0
 RERANK_CHUNK = 256
+EMBED_CHUNK = 2048  # segments embedded at a time when indexing (~34 min of audio at a 1-s step)
 
 Pooling = Literal["mean", "max"]
 
@@ -118,7 +119,8 @@ class SearchEngine:
         writable: bool = False,
         device: str | None = None,
         workers: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
+        precision: str = "fused",
         pooling: Pooling = "max",
         commit_every: int = COMMIT_EVERY_VIDEOS,
     ):
@@ -140,7 +142,8 @@ class SearchEngine:
         self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
         if changed and writable:
             self.global_index.save(self.global_path)
-        self._extractor_options = {"device": str(self.device), "workers": workers, "batch_size": batch_size}
+        self._extractor_options = {"device": str(self.device), "workers": workers, "batch_size": batch_size,
+                                   "precision": precision}
         self._extractor: Extractor | None = None
 
     # ---------------------------------------------------------------- manifest and model
@@ -214,6 +217,20 @@ class SearchEngine:
         with torch.inference_mode():
             return self.model.head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)).to(self.device))
 
+    def embed_for_store(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored segments (in the store's dtype) and the pooled global descriptor.
+
+        Embeds in chunks so that a long file never holds a second float32 copy of its matrix.
+        """
+        parts, pooled = [], None
+        for start in range(0, len(descriptors), EMBED_CHUNK):
+            embedded = self.embed(descriptors[start:start + EMBED_CHUNK])
+            parts.append(embedded.float().cpu().numpy().astype(self.store.dtype, copy=False))
+            part = embedded.sum(0) if self.pooling == "mean" else embedded.amax(0)
+            pooled = part if pooled is None else (pooled + part if self.pooling == "mean" else torch.maximum(pooled, part))
+        pooled = pooled / pooled.norm().clamp_min(1e-12)
+        return np.concatenate(parts), pooled.float().cpu().numpy()
+
     # ---------------------------------------------------------------- indexing
 
     def _require_writable(self) -> None:
@@ -274,7 +291,7 @@ class SearchEngine:
                     skip(video.path, video.error or "unknown error")
                     on_file(video.path, video.error)
                     continue
-                embedded = self.embed(video.descriptors)
+                segments, pooled = self.embed_for_store(video.descriptors)
                 record = VideoFile(
                     path=str(video.path.absolute()),
                     size=state.size,
@@ -282,8 +299,7 @@ class SearchEngine:
                     fingerprint=content,
                     duration_s=video.duration_s,
                 )
-                segments = embedded.float().cpu().numpy()
-                batch.append((record, segments, pool_segments(embedded, self.pooling)))
+                batch.append((record, segments, pooled))
                 replacing += int(known)
                 report.audio_seconds += video.duration_s
                 on_file(video.path, None)

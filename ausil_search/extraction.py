@@ -102,15 +102,15 @@ class Extractor:
         self,
         model: AuSiLModel,
         device: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         workers: int | None = None,
-        precision: str = "fp32",
+        precision: str = "fused",
         frontend: FrontEnd | None = None,
     ):
         self.model = model
         self.frontend = frontend or model.frontend
         self.encoder = SegmentEncoder(model.backbone, device=device, batch_size=batch_size, precision=precision)
-        self.batch_size = batch_size
+        self.batch_size = self.encoder.batch_size
         self.workers = default_workers() if workers is None else workers
 
     @property

@@ -1,0 +1,240 @@
+"""Retrieval-engine numbers: indexing speed, query latency against >= 1,000 videos, memory, disk.
+
+    python benchmarks/engine_speed.py [--source DIR] [--videos 1000] [--queries 20] [--model PATH]
+                                      [--long-hours 3] [--work DIR]
+
+1. Indexing: `SearchEngine.index_paths` over the audio files in --source (default: the Debian
+   wesnoth-1.16-music folder), in a fresh process each, reporting x realtime, peak RSS of the main
+   process and of its decoding workers, and index bytes per hour of audio.
+2. Query latency: a 1,000-video index made from the stored (real) segment matrices of step 1,
+   cut into excerpts of 30-240 s with fresh ids, then 30-s query clips (re-encoded mp3 excerpts of
+   the source files) in one warm process: p50/p95 of the whole query and of its stages, for
+   several --candidates values, with agreement of the top-10 with --exhaustive.
+3. Bounded memory: a file of --long-hours hours (the source audio looped, AAC in .m4a) indexed in
+   a fresh process, against a 10-minute file: peak RSS must not grow with the length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SOURCE = Path("/usr/share/games/wesnoth/1.16/data/core/music")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def run_index_process(paths: list[Path], index_dir: Path, model: Path) -> dict:
+    """Index in a fresh interpreter, so that peak RSS belongs to this run alone."""
+    code = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from ausil_search.engine import SearchEngine\n"
+        "index_dir, model, *paths = sys.argv[1:]\n"
+        "with SearchEngine(Path(index_dir), model, writable=True) as engine:\n"
+        "    report = engine.index_paths([Path(p) for p in paths])\n"
+        "    info = engine.info()\n"
+        "print(json.dumps({'audio_s': report.audio_seconds, 'seconds': report.seconds, 'added': report.added,\n"
+        "    'skipped': len(report.skipped), 'disk_bytes': info['disk_bytes'],\n"
+        "    'rss_main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+        "    'rss_worker_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(index_dir), str(model), *map(str, paths)],
+                         check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def audio_files(source: Path) -> list[Path]:
+    exts = {".ogg", ".opus", ".mp3", ".wav", ".flac", ".m4a", ".mp4", ".mkv", ".webm"}
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in exts)
+
+
+def build_large_index(src_index: Path, dst_index: Path, n_videos: int, seed: int) -> float:
+    """n_videos excerpts (30-240 s) of the real stored segment matrices, under new synthetic paths."""
+    from ausil_search.engine import SearchEngine, pool_segments
+    from ausil_search.stores import VideoFile
+    import torch
+
+    shutil.copytree(src_index, dst_index)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    with SearchEngine(dst_index, writable=True) as engine:
+        sources = [(r.id, r.n_segments) for r in engine.records()]
+        batch = []
+        for i in range(n_videos - len(sources)):
+            vid, n = sources[rng.integers(len(sources))]
+            length = int(min(n, rng.integers(30, 241)))
+            start = int(rng.integers(0, n - length + 1))
+            segments = engine.store.segments(vid)[start:start + length].astype(np.float32)
+            record = VideoFile(path=f"/synthetic/excerpt-{i:05d}.mp4", size=0, mtime_ns=0, fingerprint=f"x{i}",
+                               duration_s=float(length))
+            batch.append((record, segments, pool_segments(torch.from_numpy(segments), engine.pooling)))
+            if len(batch) == 64:
+                engine.store.add_videos(batch)
+                batch = []
+        if batch:
+            engine.store.add_videos(batch)
+        engine._sync_global_index()
+    return time.perf_counter() - started
+
+
+def write_queries(files: list[Path], out: Path, n: int, seconds: float, seed: int) -> list[Path]:
+    from ausil_search.audio import load_audio
+    from media import write_audio_file
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    queries = []
+    for i in range(n):
+        samples = None
+        while samples is None or len(samples) < seconds * 44_100:
+            samples = load_audio(files[rng.integers(len(files))])
+        start = int(rng.integers(0, len(samples) - int(seconds * 44_100) + 1))
+        path = out / f"query-{i:03d}.mp3"
+        write_audio_file(path, samples[start:start + int(seconds * 44_100)], 44_100, bitrate=96_000)
+        queries.append(path)
+    return queries
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def latency(index_dir: Path, queries: list[Path], candidate_counts: list[int]) -> dict:
+    from ausil_search.engine import SearchEngine
+
+    results = {}
+    with SearchEngine(index_dir) as engine:
+        engine.query(queries[0], candidates=10)  # warm-up: model, extractor, caches
+        exhaustive = {}
+        t_exh = []
+        for q in queries:
+            r = engine.query(q, top_k=10, exhaustive=True)
+            exhaustive[q] = [m.video_id for m in r.matches]
+            t_exh.append(sum(r.timings.values()))
+        for k in candidate_counts:
+            totals, stages, top1, overlap = [], {"extract_s": [], "recall_s": [], "rerank_s": []}, 0, []
+            for q in queries:
+                clock = time.perf_counter()
+                r = engine.query(q, top_k=10, candidates=k)
+                totals.append(time.perf_counter() - clock)
+                for s in stages:
+                    stages[s].append(r.timings[s])
+                ids = [m.video_id for m in r.matches]
+                top1 += ids[:1] == exhaustive[q][:1]
+                overlap.append(len(set(ids) & set(exhaustive[q])) / len(exhaustive[q]))
+            results[k] = {
+                "p50_s": statistics.median(totals), "p95_s": pct(totals, 95),
+                **{f"{s}_p50": statistics.median(v) for s, v in stages.items()},
+                "top1_agrees": top1 / len(queries), "top10_overlap": float(np.mean(overlap)),
+            }
+        results["exhaustive"] = {"p50_s": statistics.median(t_exh), "p95_s": pct(t_exh, 95),
+                                 "videos": len(engine.records())}
+    return results
+
+
+def write_long_file(files: list[Path], path: Path, hours: float) -> None:
+    """The source audio looped to `hours`, encoded as AAC block by block (never whole in memory)."""
+    import av
+    from ausil_search.audio import load_audio
+
+    target = int(hours * 3600 * 44_100)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44_100, layout="mono")
+        stream.bit_rate = 64_000
+        written, i = 0, 0
+        while written < target:
+            samples = load_audio(files[i % len(files)])[: target - written]
+            i += 1
+            for start in range(0, len(samples), 44_100 * 10):
+                block = samples[start:start + 44_100 * 10]
+                frame = av.AudioFrame.from_ndarray(block[None, :].astype(np.float32), format="fltp", layout="mono")
+                frame.sample_rate = 44_100
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            written += len(samples)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--videos", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--query-seconds", type=float, default=30.0)
+    parser.add_argument("--candidates", default="25,50,100,200")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: a seeded random model)")
+    parser.add_argument("--long-hours", type=float, default=3.0, help="0 skips the bounded-memory check")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="keep step 1's index from an earlier run in --work")
+    args = parser.parse_args()
+
+    from ausil_search.model import AuSiLModel
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="ausil-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    files = audio_files(args.source)
+    if not files:
+        sys.exit(f"no audio files under {args.source}")
+    model = args.model
+    if model is None:
+        model = work / "model.safetensors"
+        AuSiLModel.initialise(seed=0).save(model)
+    report: dict = {"source": str(args.source), "files": len(files), "cpu_count": os.cpu_count()}
+
+    small = work / "index-source"
+    if not (args.reuse and (small / "manifest.json").exists()):
+        shutil.rmtree(small, ignore_errors=True)
+        r = run_index_process(files, small, model)
+        report["indexing"] = {**r, "x_realtime": r["audio_s"] / r["seconds"],
+                              "bytes_per_audio_hour": r["disk_bytes"] / (r["audio_s"] / 3600)}
+        print(f"indexing: {r['added']} files, {r['audio_s'] / 3600:.2f} h of audio in {r['seconds']:.1f} s = "
+              f"{r['audio_s'] / r['seconds']:.0f}x realtime; peak RSS main {r['rss_main_mib']:.0f} MiB, "
+              f"workers {r['rss_worker_mib']:.0f} MiB; {r['disk_bytes'] / (r['audio_s'] / 3600) / 2**20:.1f} MiB on disk per hour",
+              flush=True)
+
+    large = work / "index-large"
+    shutil.rmtree(large, ignore_errors=True)
+    build_s = build_large_index(small, large, args.videos, seed=1)
+    queries = write_queries(files, work / "queries", args.queries, args.query_seconds, seed=2)
+    counts = [int(c) for c in args.candidates.split(",")]
+    lat = latency(large, queries, counts)
+    report["query"] = {"videos": lat["exhaustive"]["videos"], "build_s": build_s, "by_candidates": lat}
+    print(f"query: {args.queries} queries of {args.query_seconds:.0f} s against {lat['exhaustive']['videos']} videos (warm)")
+    print("  candidates   p50 s   p95 s   extract  recall   rerank   top-1=exh  top-10 overlap")
+    for k in counts:
+        x = lat[k]
+        print(f"  {k:>10} {x['p50_s']:7.3f} {x['p95_s']:7.3f}  {x['extract_s_p50']:7.3f} {x['recall_s_p50'] * 1000:6.2f}ms"
+              f" {x['rerank_s_p50']:7.3f}   {x['top1_agrees']:8.2f}  {x['top10_overlap']:8.2f}")
+    print(f"  exhaustive {lat['exhaustive']['p50_s']:7.3f} {lat['exhaustive']['p95_s']:7.3f}")
+
+    if args.long_hours > 0:
+        long_file, short_file = work / "long.m4a", work / "short.m4a"
+        if not long_file.exists():
+            write_long_file(files, long_file, args.long_hours)
+        write_long_file(files, short_file, 10 / 60)
+        mem = {}
+        for name, path in (("10 min", short_file), (f"{args.long_hours:g} h", long_file)):
+            shutil.rmtree(work / "index-long", ignore_errors=True)
+            mem[name] = run_index_process([path], work / "index-long", model)
+            m = mem[name]
+            print(f"memory: {name} file indexed in {m['seconds']:.1f} s ({m['audio_s'] / m['seconds']:.0f}x realtime); "
+                  f"peak RSS main {m['rss_main_mib']:.0f} MiB, workers {m['rss_worker_mib']:.0f} MiB", flush=True)
+        report["memory"] = mem
+    (work / "engine_speed.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"full report: {work / 'engine_speed.json'}")
+
+
+if __name__ == "__main__":
+    main()
