@@ -26,6 +26,7 @@ import torch
 from .audio import probe
 from .backbone import DESCRIPTOR_DIM
 from .devices import pick_device
+from .atomic import write_json_atomic
 from .errors import AusilError, IndexStoreError, InputError
 from .extraction import Extractor
 from .model import AuSiLModel, load_model, resolve_model_path
@@ -200,9 +201,7 @@ class SearchEngine:
             "segment_dtype": str(self.store.dtype),
             "pooling": self.pooling,
         }
-        tmp = self.index_dir / f".{MANIFEST_NAME}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        os.replace(tmp, self.index_dir / MANIFEST_NAME)
+        write_json_atomic(self.index_dir / MANIFEST_NAME, manifest, indent=2)
 
     @property
     def frontend(self) -> FrontEnd:

@@ -7,8 +7,6 @@ original AuSiL scripts (and the FIVR evaluation tools) without conversion.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,6 +14,7 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
+from .atomic import atomic_output, write_json_atomic  # noqa: F401  (write_json_atomic: re-exported)
 from .errors import AusilError, InputError
 
 FEATURE_FILE_NAME = "wlaf.npz"
@@ -95,16 +94,8 @@ def feature_path(output_dir: Path, video_id: str) -> Path:
 
 def save_feature_file(path: Path, features: np.ndarray) -> None:
     """Write `features` as the release does (compressed npz), atomically so a crash leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **{FEATURE_KEY: features.astype(np.float32, copy=False)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        np.savez_compressed(handle, **{FEATURE_KEY: features.astype(np.float32, copy=False)})
 
 
 class HDF5FeatureWriter:
@@ -140,14 +131,6 @@ def iter_hdf5_features(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     with h5py.File(path, "r") as handle:
         for video_id in handle:
             yield video_id, np.asarray(handle[video_id], dtype=np.float32)
-
-
-def write_json_atomic(path: Path, payload: object, indent: int | None = 1) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=indent), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def load_json(path: Path, what: str) -> object:

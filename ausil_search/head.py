@@ -198,10 +198,13 @@ class AuSiLHead(nn.Module):
         return scores
 
     def _score_chunk(self, q: Tensor, candidates: list[Tensor]) -> Tensor:
-        lengths = [len(p) for p in candidates]
-        widths = torch.tensor(lengths, device=q.device)
-        width = max(lengths)
-        sim = torch.stack([F.pad(q @ p.T, (0, width - len(p)), mode="replicate") for p in candidates])
+        # One matmul against all candidates, then a gather that lays each candidate's columns out
+        # right-padded by repeating its last column (the comparator's edge replication).
+        widths = torch.tensor([len(p) for p in candidates], device=q.device)
+        offsets = torch.cumsum(widths, 0) - widths
+        columns = torch.arange(int(widths.max()), device=q.device)
+        index = offsets[:, None] + torch.minimum(columns[None, :], widths[:, None] - 1)
+        sim = (q @ torch.cat(candidates).T)[:, index].permute(1, 0, 2)
         if self.use_comparator:
             sim, widths = self.comparator(sim, widths)
         valid = torch.arange(sim.shape[-1], device=q.device)[None, :] < widths[:, None]

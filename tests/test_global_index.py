@@ -176,7 +176,7 @@ def test_save_load_round_trip(tmp_path: Path, n: int) -> None:
         before, after = index.search(queries, 15, nprobe=nprobe), loaded.search(queries, 15, nprobe=nprobe)
         np.testing.assert_array_equal(before[1], after[1])
         np.testing.assert_array_equal(before[0], after[0])
-    assert not (tmp_path / "global.faiss.tmp").exists()
+    assert not list(tmp_path.glob(".global.faiss.*"))
 
 
 def test_interrupted_save_does_not_break_load(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_interrupted_save_does_not_break_load(tmp_path: Path) -> None:
     index = GlobalIndex.build(np.arange(50), vectors)
     path = tmp_path / "global.faiss"
     index.save(path)
-    partial = tmp_path / "global.faiss.tmp"
+    partial = tmp_path / ".global.faiss.killed.part"
     partial.write_bytes(path.read_bytes()[:100])  # what a save killed half-way leaves behind
     loaded = GlobalIndex.load(path)
     np.testing.assert_array_equal(loaded.search(vectors, 3)[1], index.search(vectors, 3)[1])

@@ -21,7 +21,6 @@ Vectors are L2-normalised on the way in, so scores are cosine similarities.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ausil_search.atomic import atomic_path
 from ausil_search.errors import IndexStoreError
 from ausil_search.stores.segment_store import SegmentStore
 
@@ -249,20 +249,8 @@ class GlobalIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves either the previous file or the new one, never half."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(partial))
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        with atomic_path(path, durable=True, sole_writer=True) as partial:
+            faiss.write_index(self._index, str(partial))
 
     @classmethod
     def load(cls, path: Path) -> GlobalIndex:

@@ -36,6 +36,7 @@ import h5py
 import lmdb
 import numpy as np
 
+from ausil_search.atomic import atomic_path
 from ausil_search.errors import IndexStoreError
 from ausil_search.stores.lock import WriterLock
 
@@ -500,10 +501,8 @@ class SegmentStore:
         attributes path, size, mtime_ns, fingerprint, duration_s, extra (JSON). The file appears
         under its name only once complete.
         """
-        path = Path(path)
-        partial = path.with_name(path.name + ".tmp")
         count = 0
-        with h5py.File(partial, "w") as file:
+        with atomic_path(path) as partial, h5py.File(partial, "w") as file:
             file.attrs["format"] = HDF5_FORMAT
             file.attrs["format_version"] = FORMAT_VERSION
             videos = file.create_group("videos")
@@ -527,7 +526,6 @@ class SegmentStore:
                 group.attrs["duration_s"] = record.duration_s
                 group.attrs["extra"] = json.dumps(record.extra)
                 count += 1
-        os.replace(partial, path)
         return count
 
     def import_hdf5(self, path: Path, batch_size: int = 256) -> AddResult:

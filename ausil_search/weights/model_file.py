@@ -11,18 +11,15 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import safetensors
 import safetensors.torch
 import torch
 
+from ausil_search.atomic import atomic_output
 from ausil_search.backbone import DESCRIPTOR_DIM
 from ausil_search.errors import WeightsError
 
@@ -77,21 +74,6 @@ class ModelFile:
     @property
     def identity(self) -> str:
         return f"{self.name}-{self.version}@{self.sha256[:12]}"
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[BinaryIO]:
-    """A binary file (`.name` is its temporary path) that appears at `path` only once written completely,
-    so a crash or a failed check leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        with partial.open("xb") as handle:  # unlike mkstemp's 0600, permissions follow the umask
-            yield handle
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: str | Path) -> str:

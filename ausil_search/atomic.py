@@ -1,0 +1,58 @@
+"""Files that appear whole or not at all: a crash mid-write leaves the previous version, never half
+of a new one (model files, FAISS indexes, feature files, manifests, reports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], durable: bool = False, sole_writer: bool = False) -> Iterator[Path]:
+    """A fresh temporary path beside `path` for a writer that wants a file name (FAISS, HDF5);
+    it replaces `path` when the block ends without error and is deleted otherwise.
+
+    `durable` also fsyncs the file and its directory, so the rename survives a power cut.
+    `sole_writer` (the caller holds a lock on `path`) first deletes what killed writes left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if sole_writer:
+        for stale in path.parent.glob(f".{path.name}.*.part"):
+            stale.unlink(missing_ok=True)
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        yield partial
+        if durable:
+            _fsync(partial)
+        os.replace(partial, path)
+        if durable:
+            _fsync(path.parent)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary file handle (`.name` is its temporary path) that appears at `path` once complete."""
+    with atomic_path(path, durable) as partial, partial.open("xb") as handle:  # permissions follow the umask
+        yield handle
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: object, indent: int | None = 1) -> None:
+    with atomic_output(path) as handle:
+        handle.write(json.dumps(payload, indent=indent).encode("utf-8"))
