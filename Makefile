@@ -29,13 +29,10 @@ bench: bench-data
 	$(PY) benchmarks/run_dev.py $(BENCH_DIR) $(BENCH_ARGS) $(if $(BENCH_MODEL),--model $(BENCH_MODEL)) \
 		--out $(BENCH_DIR)/results.json --markdown $(BENCH_DIR)/results.md
 
-# TODO(lead): benchmarks/dev_data.sh is being written by the generator helper (installs the Debian
-# packages named in DEVELOPERS.md and runs `ausil-search bench make` for small / medium); adjust the
-# call if its interface differs.
+# Installs the Debian audio packages when missing (needs root and apt), splits them dev/train by file
+# and builds bench-data/$(BENCH_SET) with `ausil-search bench make` (deterministic, seed 0).
 bench-data:
-	@if [ -f benchmarks/dev_data.sh ]; then bash benchmarks/dev_data.sh $(BENCH_SET) $(BENCH_DIR); \
-	else echo "benchmarks/dev_data.sh is missing: build $(BENCH_DIR) with 'ausil-search bench make SRC... $(BENCH_DIR)'" >&2; \
-	test -f $(BENCH_DIR)/database.txt; fi
+	$(PY) benchmarks/dev_data.py --install --out bench-data --only $(BENCH_SET)
 
 # Throughput of the backbone and of decoding (no benchmark data needed).
 bench-speed:

@@ -47,9 +47,9 @@ def atomic_path(path: str | os.PathLike[str], durable: bool = False, sole_writer
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str], durable: bool = False) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], durable: bool = False, sole_writer: bool = False) -> Iterator[BinaryIO]:
     """A binary file handle (`.name` is its temporary path) that appears at `path` once complete."""
-    with atomic_path(path, durable) as partial, partial.open("xb") as handle:  # permissions follow the umask
+    with atomic_path(path, durable, sole_writer) as partial, partial.open("xb") as handle:  # permissions follow the umask
         yield handle
 
 

@@ -16,6 +16,8 @@ import click
 from .errors import AusilError
 
 DEVICE_HELP = "cpu, cuda, cuda:N; default: cuda when available, else cpu."
+PRECISION_HELP = ("Backbone arithmetic: fused (BatchNorm folded in, equal to fp32 within 2e-6, ~2.5x faster on CPU), "
+                  "fp32 (the network as released), bf16 (faster on CPUs/GPUs with bf16 units; descriptors differ slightly).")
 MODEL_HELP = "Model file, or 'official' for the downloaded official weights; default: the bundled default model."
 
 
@@ -68,10 +70,11 @@ def cli() -> None:
               help="Segment time step in ms (paper: 1000, 500, 250, 125); default: the model's (1000).")
 @click.option("--model", "model_spec", default=None, help=MODEL_HELP)
 @click.option("--device", default=None, help=DEVICE_HELP)
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Segments per backbone batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
+@click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def extract(videos_file, output, file_format, step_ms, model_spec, device, batch_size, workers, as_json):
+def extract(videos_file, output, file_format, step_ms, model_spec, device, batch_size, precision, workers, as_json):
     """Extract per-segment descriptors (N × 2528) of every video in a list.
 
     Files that cannot be used (missing, corrupt, no audio stream) are reported and skipped.
@@ -90,7 +93,8 @@ def extract(videos_file, output, file_format, step_ms, model_spec, device, batch
         preset = FrontEnd.from_step_ms(step_ms)
         frontend = FrontEnd.from_dict({**model.frontend.to_dict(), "step_frames": preset.step_frames,
                                        "window_frames": preset.window_frames})
-    extractor = Extractor(model, device=device, batch_size=batch_size, workers=workers, frontend=frontend)
+    extractor = Extractor(model, device=device, batch_size=batch_size, workers=workers, frontend=frontend,
+                          precision=precision)
     started = time.perf_counter()
     with progress_bar(total=len(entries), desc="extract", unit="video") as bar:
         def on_progress(entry, error):
@@ -118,13 +122,17 @@ def extract(videos_file, output, file_format, step_ms, model_spec, device, batch
               help="Same format, for the database videos.")
 @click.option("-o", "--output", default=Path("similarities.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_spec", default=None, help=MODEL_HELP)
+@click.option("--components", type=click.Choice(["mac", "mac+w", "mac+w+a", "full"]), default="full", show_default=True,
+              help="Ablation: Chamfer over raw MAC descriptors (mac), + PCA whitening (mac+w), + attention (mac+w+a), "
+                   "+ comparator CNN (full AuSiL).")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def similarity(queries_file, database_file, output, model_spec, device, as_json):
+def similarity(queries_file, database_file, output, model_spec, components, device, as_json):
     """Score every query against every database video with AuSiL (release JSON format)."""
     from .devices import pick_device
     from .extraction import Extractor
-    from .formats import read_video_list, write_json_atomic
+    from .atomic import write_json_atomic
+    from .formats import read_video_list
     from .model import load_model
     from .release import FeatureSource, compute_similarities
 
@@ -136,6 +144,7 @@ def similarity(queries_file, database_file, output, model_spec, device, as_json)
     result = compute_similarities(
         queries, database, model, source, device=chosen,
         progress=lambda it: progress_bar(it, total=len(database), desc="similarity", unit="video"),
+        components=components,
     )
     write_json_atomic(output, result.similarities)
     for video_id, reason in result.skipped.items():
@@ -147,11 +156,12 @@ def similarity(queries_file, database_file, output, model_spec, device, as_json)
         "skipped": result.skipped,
         "seconds": round(time.perf_counter() - started, 3),
         "model": model.identity,
+        "components": components,
     }
     if as_json:
         emit_json(summary)
     else:
-        click.echo(f"{summary['queries']} queries × {summary['database']} database videos → {output}")
+        click.echo(f"{summary['queries']} queries × {summary['database']} database videos ({components}) → {output}")
     if not result.similarities:
         raise AusilError("no query could be used")
 
@@ -220,11 +230,12 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--prune", is_flag=True, help="Also remove entries under PATHS whose files are gone.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Segments per backbone batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
+@click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
               help="Videos per store commit (also committed every 10 s); an interruption loses at most one batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, device, workers, batch_size, commit_every, as_json):
+def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
@@ -234,7 +245,7 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, comm
     from .engine import SearchEngine
 
     engine = SearchEngine(index_dir or _default_index(), model_spec, writable=True, device=device,
-                          workers=workers, batch_size=batch_size, commit_every=commit_every)
+                          workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
     with engine, progress_bar(desc="index", unit="file") as bar:
         def on_file(path, error):
             if error:
@@ -360,6 +371,315 @@ def info(index_dir, as_json):
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
 
 
+# --------------------------------------------------------------------------- training
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    try:
+        low, _, high = text.partition(":")
+        values = (float(low), float(high or low))
+    except ValueError:
+        raise click.BadParameter(f"expected SECONDS or MIN:MAX, got {text!r}") from None
+    if not 0 < values[0] <= values[1]:
+        raise click.BadParameter(f"expected 0 < MIN <= MAX, got {text!r}")
+    return values
+
+
+class _StageProgress:
+    """One progress bar per stage of a training run (extract, whitening, mining, train)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.step = 0
+
+    def on_stage(self, name: str, total: int | None) -> None:
+        self.close()
+        self.bar = progress_bar(total=total, desc=name, unit="step" if name == "train" else "file")
+
+    def on_file(self, path, error) -> None:
+        if error:
+            self.bar.write(f"skipped: {error}", file=sys.stderr)
+        self.bar.update(1)
+
+    def on_step(self, record) -> None:
+        if self.step == 0 and record.step > 1:
+            self.bar.update(record.step - 1)  # a resumed run starts part way
+        self.step = record.step
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record.loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _save_trained(model, output: Path, report: dict, float16: bool) -> Path:
+    """Write a trained model and, beside it, its training report (which records the model's identity)."""
+    from .atomic import write_json_atomic
+
+    report["output"] = str(output)
+    report["model"] = {"sha256": model.save(output, float16=float16), "identity": model.identity}
+    report_path = output.with_suffix(".report.json")
+    write_json_atomic(report_path, report)
+    return report_path
+
+
+def _recorded_command() -> str:
+    import shlex
+
+    args = sys.argv[1:] if Path(sys.argv[0]).name == "ausil-search" else sys.argv
+    return "ausil-search " + " ".join(shlex.quote(a) for a in args)
+
+
+@cli.command("fit-whitening")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", default=None, help=MODEL_HELP)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write.")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None,
+              help="HDF5 descriptor cache (reruns skip extraction); default: OUTPUT with .descriptors.h5.")
+@click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Covariance shrinkage towards μ·I; default: Ledoit–Wolf, at least dims/(segments + dims).")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=None, help="Read at most this much of each file.")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_seconds, device, as_json):
+    """Fit the PCA whitening of a model to the segments of SOURCES (media folders, files, path lists, .npz).
+
+    The rest of the model is unchanged; the output records what the whitening was fitted on.
+    """
+    from .model import load_model
+    from .training import fit_model_whitening
+
+    model = load_model(model_spec)
+    progress = _StageProgress()
+    try:
+        summary = fit_model_whitening(
+            model, sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds, device,
+            on_stage=progress.on_stage, on_file=progress.on_file,
+        )
+    finally:
+        progress.close()
+    model.metadata.update({
+        "version": f"{model.version}+w{summary['segments']}",
+        "whitening": {k: v for k, v in summary.items() if k != "extraction"} | {"command": _recorded_command()},
+    })
+    model.save(output)
+    summary = {**summary, "output": str(output), "model": model.identity}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"whitening fitted on {summary['segments']} segments of {summary['files']} files "
+                   f"(shrinkage {summary['shrinkage']:.3f}) → {output}")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", default=None, help=MODEL_HELP + " Its backbone stays frozen.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Trained model file to write.")
+@click.option("--pairs", "annotation", type=click.Path(path_type=Path), default=None,
+              help="Labelled pairs: annotation JSON {query: {label: [ids]}} (with --videos).")
+@click.option("--videos", "video_list", type=click.Path(path_type=Path), default=None,
+              help="'<id> <path>' list of the annotated videos (media or .npz feature files).")
+@click.option("--labels", default="DA", show_default=True, help="Comma-separated annotation labels that count as positives.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=16, show_default=True, help="Triplets per step.")
+@click.option("--margin", type=float, default=1.0, show_default=True, help="γ of the triplet loss.")
+@click.option("--reg-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Weight of the similarity regularisation loss.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--hard-margin", type=float, default=0.2, show_default=True,
+              help="d of the hard-negative rule D(v,v−) < D(v,v+) + d (global features).")
+@click.option("--max-segments", type=click.IntRange(min=4), default=64, show_default=True,
+              help="Longer videos are cropped to a random run of this many segments per use.")
+@click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default="fit", show_default=True,
+              help="fit: from the training segments, then fixed; keep: the input model's; train: fit, then fine-tune.")
+@click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None, help="Whitening shrinkage (see fit-whitening).")
+@click.option("--examples-per-file", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Self-supervised: (clean window, augmented excerpt) examples per recording.")
+@click.option("--database-seconds", default="12:30", show_default=True, help="Self-supervised: clean window length, MIN:MAX.")
+@click.option("--query-seconds", default="6:15", show_default=True, help="Self-supervised: augmented excerpt length, MIN:MAX.")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Self-supervised: read at most this much of each recording.")
+@click.option("--modes", default="core,speed", show_default=True, help="Augmentation modes, alternated over examples.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="Recordings (or queries) held out to report Chamfer separation before and after.")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None,
+              help="HDF5 descriptor cache; default: CHECKPOINT_DIR/descriptors.h5, else OUTPUT with .descriptors.h5.")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None, help="Where checkpoints go (resumable runs).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (same data and settings; --steps may grow).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", default=None, help="Name of the trained model (default: the input's name + '-trained').")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+def train(sources, model_spec, output, annotation, video_list, labels, steps, batch_size, margin, reg_weight, lr,
+          hard_margin, max_segments, whitening, shrinkage, examples_per_file, database_seconds, query_seconds,
+          max_seconds, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
+          device, float16, as_json):
+    """Train the AuSiL head (attention, comparator; whitening fitted) with the backbone frozen.
+
+    \b
+    Triplets come from SOURCES (folders, media files, path lists), self-supervised: an augmented
+    excerpt of a recording must score its clean window above windows of other recordings; and/or
+    from labelled pairs (--pairs ANNOTATION --videos LIST). Descriptors are cached, so reruns skip
+    extraction. With --checkpoint-dir, Ctrl-C saves the run and --resume continues it exactly.
+    Writes OUTPUT and OUTPUT's .report.json (loss curve, timings, validation separation).
+    """
+    from .augment import MODES
+    from .model import load_model
+    from .training import SelfSupervisedConfig, TrainConfig, TrainingHooks, TrainingJob, train_model
+
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    unknown = [m for m in mode_list if m not in MODES]
+    if unknown or not mode_list:
+        raise click.BadParameter(f"modes must be among {', '.join(MODES)}", param_hint="--modes")
+    model = load_model(model_spec)
+    job = TrainingJob(
+        sources=list(sources), annotation=annotation, video_list=video_list,
+        relevant_labels=tuple(l.strip() for l in labels.split(",") if l.strip()),
+        config=TrainConfig(steps=steps, batch_size=batch_size, margin=margin, regularisation=reg_weight, lr=lr,
+                           hard_negative_margin=hard_margin, max_segments=max_segments,
+                           train_whitening=whitening == "train", seed=seed, checkpoint_every=checkpoint_every),
+        self_supervised=SelfSupervisedConfig(examples_per_recording=examples_per_file,
+                                             database_seconds=_seconds_range(database_seconds),
+                                             query_seconds=_seconds_range(query_seconds),
+                                             max_seconds=max_seconds, modes=mode_list, seed=seed),
+        whitening="keep" if whitening == "keep" else "fit", whitening_shrinkage=shrinkage, val_fraction=val_fraction,
+        cache_path=cache_path or (checkpoint_dir / "descriptors.h5" if checkpoint_dir else output.with_suffix(".descriptors.h5")),
+        checkpoint_dir=checkpoint_dir, resume=resume, device=device,
+    )
+    progress = _StageProgress()
+    try:
+        report = train_model(model, job, TrainingHooks(progress.on_stage, progress.on_file, progress.on_step))
+    except KeyboardInterrupt:
+        progress.close()
+        where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
+        click.echo(f"interrupted at step {progress.step}{where}", err=True)
+        sys.exit(130)
+    finally:
+        progress.close()
+
+    input_identity = model.identity
+    model.metadata.update({
+        "name": name or f"{model.name}-trained",
+        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "description": f"AuSiL head trained by ausil-search train from {input_identity} (backbone frozen).",
+        "source": _recorded_command(),
+        "training": {**job.recipe(), "from_model": input_identity, "steps_done": report["steps"],
+                     "final_loss": report["loss"].get("last_steps_mean"),
+                     "validation_after": report.get("validation_after")},
+    })
+    model.metadata.pop("created", None)
+    report_path = _save_trained(model, output, report, float16)
+    if as_json:
+        emit_json(report)
+        return
+    loss = report["loss"]
+    click.echo(f"{report['steps']} steps in {report['train_seconds']:.1f} s ({report['steps_per_s']} steps/s): "
+               f"loss {loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}")
+    if "validation_after" in report:
+        before, after = report.get("validation_before", {}), report["validation_after"]
+        click.echo(f"validation separation {before.get('separation')} → {after['separation']} "
+                   f"(top-1 {before.get('top1')} → {after['top1']})")
+    click.echo(f"model → {output} ({model.identity}); report → {report_path}")
+
+
+@cli.command("train-backbone")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write.")
+@click.option("--model", "model_spec", default=None,
+              help="Start from this model's backbone (file or 'official'); default: the seeded random initialisation.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Recordings per step (two views each; the other 2B−2 views are the negatives).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="Adam learning rate.")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Steps of linear learning-rate warm-up.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
+@click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=3.0, show_default=True,
+              help="Audio read per item; the centre window (~2 s) of each view is trained on.")
+@click.option("--max-shift", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds by which the two views' windows may be misaligned (query vs database segment grid).")
+@click.option("--calibration-batches", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Batches over which BatchNorm statistics are recomputed at the end.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Processes making augmented views ahead of the trainer (0: in-process).")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None, help="Where checkpoints go (resumable runs).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (same data and settings; --steps may grow).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation (without --model) and data order.")
+@click.option("--name", default="ausil-ssl-backbone", show_default=True, help="Name of the written model.")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, temperature, excerpt_seconds,
+                   max_shift, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed, name, device,
+                   float16, as_json):
+    """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
+
+    \b
+    SOURCES: folders, media files, or .txt path lists. Each step takes BATCH recordings, makes two
+    augmented views of an excerpt of each (speed/tempo/pitch, echo, mixing, noise, band limits,
+    codecs), and trains the 2528-d segment descriptors of the views to find each other (NT-Xent).
+    The architecture is unchanged; the head of the written model is the identity (fit or train it
+    afterwards with `fit-whitening` / `train`). With --checkpoint-dir, Ctrl-C saves the run and
+    --resume continues it exactly. Writes OUTPUT and OUTPUT's .report.json.
+    """
+    from .backbone_training import BackboneTrainConfig, BackboneTrainingJob, ViewRecipe, train_backbone as run
+    from .model import AuSiLModel, load_model
+
+    initial = AuSiLModel.initialise(seed=seed)
+    start = load_model(model_spec) if model_spec else initial
+    start_identity = start.identity if model_spec else f"seeded random initialisation (seed {seed})"
+    config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                 temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
+                                 calibration_batches=calibration_batches,
+                                 recipe=ViewRecipe(excerpt_s=excerpt_seconds, max_shift_s=max_shift))
+    job = BackboneTrainingJob(sources=list(sources), config=config, checkpoint_dir=checkpoint_dir, resume=resume,
+                              device=device, workers=workers)
+    bar = progress_bar(total=steps, desc="train-backbone", unit="step")
+    state = {"step": None}
+
+    def on_step(record) -> None:
+        if state["step"] is None and record.step > 1:
+            bar.update(record.step - 1)  # a resumed run starts part way
+        state["step"] = record.step
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{record.accuracy:.2f}", refresh=False)
+
+    try:
+        report = run(start.backbone, job, on_skip=lambda path, reason: bar.write(f"skipped: {reason}", file=sys.stderr),
+                     on_step=on_step, frontend=start.frontend)
+    except KeyboardInterrupt:
+        bar.close()
+        where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
+        click.echo(f"interrupted at step {state['step']}{where}", err=True)
+        sys.exit(130)
+    finally:
+        bar.close()
+    model = AuSiLModel(start.backbone, initial.head, start.frontend, {
+        "name": name,
+        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "description": "weak_mxh64_1024 backbone trained self-supervised (contrastive, segment level) by "
+                       "ausil-search train-backbone; identity whitening, neutral attention, pass-through comparator.",
+        "source": _recorded_command(),
+        "backbone_training": {"from": start_identity, "steps": report["steps"], "config": report["config"],
+                              "data": report["data"], "loss": {k: v for k, v in report["loss"].items() if k != "curve"},
+                              "train_seconds": report["total_train_seconds"], "device": report["device"]},
+    })
+    report_path = _save_trained(model, output, report, float16)
+    if as_json:
+        emit_json(report)
+        return
+    loss = report["loss"]
+    click.echo(f"{report['steps']} steps ({report['steps_per_s']} steps/s this session): loss "
+               f"{loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}, partner found "
+               f"{loss.get('first_steps_accuracy')} → {loss.get('last_steps_accuracy')}")
+    click.echo(f"model → {output} ({model.identity}); report → {report_path}")
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -466,6 +786,50 @@ def _report_model(model, as_json: bool, extra: dict | None = None) -> None:
     )
     if info["description"]:
         click.echo(f"  {info['description']}")
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+@cli.group()
+def bench() -> None:
+    """Build duplicate-audio benchmarks from your own recordings."""
+
+
+@bench.command("make")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--groups", type=click.IntRange(min=1), default=50, show_default=True, help="Queries (one per group).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same sources → same benchmark.")
+@click.option("--mode", type=click.Choice(["normal", "hard"]), default="normal", show_default=True,
+              help="hard: 5–12 s queries, positives buried in 60–180 s of unrelated audio, 0–5 dB noise, pitch shifts.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes for decoding and rendering.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Decoded sources are kept here for reuse (default: OUT_DIR/.cache).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def bench_make(sources, out_dir, groups, seed, mode, workers, cache_dir, as_json):
+    """Make a benchmark in OUT_DIR from SOURCES (folders of media, or text files listing paths).
+
+    Writes queries.txt, database.txt (`<id> <path>`), annotation.json ({query: {"DA": [...]}}),
+    groups.json (core / speed, or hard / hard-speed), transforms.json (what each video is made of)
+    and the media under OUT_DIR/media.
+    """
+    from .benchmark import make_benchmark
+
+    def progress(iterable, total=None, desc="", unit="it"):
+        return progress_bar(iterable, total=total, desc=desc, unit=unit)
+
+    summary = make_benchmark(list(sources), out_dir, groups=groups, seed=seed, mode=mode, workers=workers,
+                             cache_dir=cache_dir, progress=progress)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(
+        f"{summary['groups']} groups {summary['groups_by_kind']}: {summary['queries']} queries "
+        f"({summary['query_hours']:.2f} h), {summary['database_videos']} database videos "
+        f"({summary['database_hours']:.2f} h) from {summary['source_recordings']} recordings "
+        f"in {_fmt_time(summary['seconds'])} → {summary['out_dir']}"
+    )
 
 
 def main() -> None:

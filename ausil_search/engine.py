@@ -88,8 +88,8 @@ class Match:
     video_id: int
     path: str
     duration_s: float
-    query_span: tuple[float, float]
-    match_span: tuple[float, float]
+    query_span: tuple[float, float] | None  # None when the query was run with spans=False
+    match_span: tuple[float, float] | None
 
 
 @dataclass
@@ -352,7 +352,10 @@ class SearchEngine:
         candidates: int = 100,
         nprobe: int | None = None,
         exhaustive: bool = False,
+        spans: bool = True,
     ) -> QueryResult:
+        """The `top_k` best of the reranked candidates; `spans=False` skips locating the shared
+        audio in each match (for scripts that rank many candidates and need only the scores)."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         video = self.extractor().descriptors(Path(path))
@@ -370,7 +373,7 @@ class SearchEngine:
         clock = time.perf_counter()
         scores = self._rerank(query, ids)
         order = np.argsort(-scores, kind="stable")[:top_k]
-        matches = [self._match(rank + 1, query, int(ids[i]), float(scores[i])) for rank, i in enumerate(order)]
+        matches = [self._match(rank + 1, query, int(ids[i]), float(scores[i]), spans) for rank, i in enumerate(order)]
         timings["rerank_s"] = time.perf_counter() - clock
         return QueryResult(str(path), video.duration_s, matches, len(ids), exhaustive, timings)
 
@@ -383,20 +386,17 @@ class SearchEngine:
                 scores[start:start + len(chunk)] = self.model.head.score_many(query, candidates).float().cpu().numpy()
         return scores
 
-    def _match(self, rank: int, query: torch.Tensor, video_id: int, score: float) -> Match:
+    def _match(self, rank: int, query: torch.Tensor, video_id: int, score: float, spans: bool = True) -> Match:
         record = self.store.get(video_id)
-        segments = torch.from_numpy(self.store.segments(video_id)).to(self.device)
-        with torch.inference_mode():
-            rows, columns = self.model.head.locate(query, segments)
-        return Match(
-            rank=rank,
-            score=score,
-            video_id=video_id,
-            path=record.path,
-            duration_s=record.duration_s,
-            query_span=self._span_seconds(rows, len(query), None),
-            match_span=self._span_seconds(columns, record.n_segments, record.duration_s),
-        )
+        query_span = match_span = None
+        if spans:
+            segments = torch.from_numpy(self.store.segments(video_id)).to(self.device)
+            with torch.inference_mode():
+                rows, columns = self.model.head.locate(query, segments)
+            query_span = self._span_seconds(rows, len(query), None)
+            match_span = self._span_seconds(columns, record.n_segments, record.duration_s)
+        return Match(rank=rank, score=score, video_id=video_id, path=record.path, duration_s=record.duration_s,
+                     query_span=query_span, match_span=match_span)
 
     def _span_seconds(self, span: range, n_segments: int, duration: float | None) -> tuple[float, float]:
         start = segment_span_seconds(span.start, self.frontend)[0]

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
-from .atomic import atomic_output, write_json_atomic  # noqa: F401  (write_json_atomic: re-exported)
+from .atomic import atomic_output
 from .errors import AusilError, InputError
 
 FEATURE_FILE_NAME = "wlaf.npz"

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
+import copy
+
 import numpy as np
 import torch
 
@@ -24,6 +26,7 @@ from .formats import (
     load_feature_file,
     save_feature_file,
 )
+from .head import AuSiLHead
 from .model import AuSiLModel
 
 Reporter = Callable[[str], None]
@@ -112,9 +115,30 @@ class SimilarityResult:
     skipped: dict[str, str]
 
 
-def _embed(model: AuSiLModel, descriptors: np.ndarray, device: torch.device) -> torch.Tensor:
+# The paper's component ablation: which parts of the head take part in the similarity.
+# Each set adds one component to the previous one: MAC descriptors only (Chamfer over raw
+# L2-normalised descriptors), + PCA whitening, + attention, + the comparator CNN (full AuSiL).
+COMPONENTS: dict[str, dict[str, bool]] = {
+    "mac": {"use_whitening": False, "use_attention": False, "use_comparator": False},
+    "mac+w": {"use_whitening": True, "use_attention": False, "use_comparator": False},
+    "mac+w+a": {"use_whitening": True, "use_attention": True, "use_comparator": False},
+    "full": {"use_whitening": True, "use_attention": True, "use_comparator": True},
+}
+
+
+def head_with_components(head: AuSiLHead, components: str) -> AuSiLHead:
+    """A view of `head` (sharing its weights) with only the named components switched on."""
+    if components not in COMPONENTS:
+        raise InputError(f"unknown components {components!r}: choose from {', '.join(COMPONENTS)}")
+    view = copy.copy(head)
+    for flag, value in COMPONENTS[components].items():
+        setattr(view, flag, value)
+    return view
+
+
+def _embed(head: AuSiLHead, descriptors: np.ndarray, device: torch.device) -> torch.Tensor:
     with torch.inference_mode():
-        return model.head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)).to(device))
+        return head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)).to(device))
 
 
 def compute_similarities(
@@ -125,15 +149,20 @@ def compute_similarities(
     device: torch.device | str = "cpu",
     chunk_size: int = 32,
     progress: Callable[[Iterator], Iterator] = lambda it: it,
+    components: str = "full",
 ) -> SimilarityResult:
-    """Exhaustive AuSiL scores of every query against every database video (release JSON layout)."""
+    """Exhaustive AuSiL scores of every query against every database video (release JSON layout).
+
+    `components` selects the ablation of COMPONENTS; the default is the full model.
+    """
     device = torch.device(device)
     model.head.to(device).eval()
+    head = head_with_components(model.head, components)
     skipped: dict[str, str] = {}
     query_embeddings: dict[str, torch.Tensor] = {}
     for entry in queries:
         try:
-            query_embeddings[entry.video_id] = _embed(model, source.descriptors(entry), device)
+            query_embeddings[entry.video_id] = _embed(head, source.descriptors(entry), device)
         except InputError as exc:
             skipped[entry.video_id] = str(exc)
     similarities: dict[str, dict[str, float]] = {qid: {} for qid in query_embeddings}
@@ -141,7 +170,7 @@ def compute_similarities(
     def embedded_database() -> Iterator[tuple[str, torch.Tensor]]:
         for entry in progress(iter(database)):
             try:
-                yield entry.video_id, _embed(model, source.descriptors(entry), device)
+                yield entry.video_id, _embed(head, source.descriptors(entry), device)
             except InputError as exc:
                 skipped[entry.video_id] = str(exc)
 
@@ -150,6 +179,6 @@ def compute_similarities(
             ids = [video_id for video_id, _ in chunk]
             candidates = [embedding for _, embedding in chunk]
             for query_id, query in query_embeddings.items():
-                scores = model.head.score_many(query, candidates).tolist()
+                scores = head.score_many(query, candidates).tolist()
                 similarities[query_id].update(zip(ids, scores))
     return SimilarityResult(similarities, skipped)

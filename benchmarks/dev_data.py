@@ -1,0 +1,107 @@
+"""The dev benchmark: game music, sound effects and speech from Debian packages, split by file.
+
+    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium]
+
+Installs the packages (with --install; needs root and apt), lists their audio files (dpkg -L; the
+UFO:AI music is inside a .pk3 zip and is extracted), and splits recordings by a hash of the file
+name into a ``dev`` half (benchmark sources) and a ``train`` half (training sources). Writes
+``OUT/sources/{dev,train}.txt`` and builds ``OUT/small`` (50 groups) and ``OUT/medium`` (150 groups)
+with ``ausil-search bench make``. Nothing here is committed; OUT is git-ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import av
+
+PACKAGES = ["wesnoth-1.16-music", "ufoai-music", "warzone2100-music", "planetblupi-music-ogg",
+            "colobot-common-sounds", "asterisk-core-sounds-en-wav"]
+AUDIO = (".ogg", ".opus", ".wav", ".mp3", ".flac")
+BENCHMARKS = {"small": 50, "medium": 150}
+
+
+def package_files(package: str, extract_dir: Path) -> list[Path]:
+    listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True).stdout.split("\n")
+    files = [Path(p) for p in listed if p.lower().endswith(AUDIO) and Path(p).is_file()]
+    for archive in (Path(p) for p in listed if p.endswith(".pk3") and Path(p).is_file()):
+        with zipfile.ZipFile(archive) as pk3:
+            for name in sorted(n for n in pk3.namelist() if n.lower().endswith(AUDIO)):
+                target = extract_dir / package / name
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(pk3.read(name))
+                files.append(target)
+    return sorted(files)
+
+
+def half(path: Path) -> str:
+    """dev or train, by a hash of the installed path (or the path inside the .pk3): stable across machines."""
+    return "dev" if hashlib.sha256(str(path).encode()).digest()[0] % 2 == 0 else "train"
+
+
+def duration_s(path: Path) -> float:
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return (container.duration or 0) / 1e6
+    except av.FFmpegError:
+        return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--install", action="store_true", help="apt-get install the packages first")
+    parser.add_argument("--out", type=Path, default=Path("bench-data"))
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="build only these benchmarks")
+    parser.add_argument("--split-only", action="store_true", help="write the source lists, build nothing")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.install:
+        wanted = [*PACKAGES, "libchromaprint-tools"]  # fpcalc, for the Chromaprint baseline
+        missing = [p for p in wanted if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
+        if missing:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], check=True)
+    out = args.out.resolve()
+    sources = out / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    split: dict[str, list[Path]] = {"dev": [], "train": []}
+    stats: dict[str, dict] = {}
+    for package in PACKAGES:
+        for path in package_files(package, sources / "extracted"):
+            extracted = path.is_relative_to(sources / "extracted")
+            which = half(path.relative_to(sources / "extracted") if extracted else path)
+            split[which].append(path)
+            seconds = duration_s(path)
+            entry = stats.setdefault(which, {}).setdefault(package, {"files": 0, "hours": 0.0})
+            entry["files"] += 1
+            entry["hours"] += seconds / 3600
+    for which, paths in split.items():
+        (sources / f"{which}.txt").write_text("".join(f"{p}\n" for p in sorted(paths)))
+        total_hours = sum(e["hours"] for e in stats[which].values())
+        print(f"{which}: {len(paths)} files, {total_hours:.2f} h  → {sources / f'{which}.txt'}")
+        for package, entry in sorted(stats[which].items()):
+            print(f"    {package:30s} {entry['files']:4d} files {entry['hours']:6.2f} h")
+    if args.split_only:
+        return
+    for name in args.only or sorted(BENCHMARKS, key=BENCHMARKS.get):
+        began = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "ausil_search", "bench", "make", str(sources / "dev.txt"), str(out / name), "--groups",
+             str(BENCHMARKS[name]), "--seed", str(args.seed), "--cache", str(out / "cache"), "--json"],
+            check=True, capture_output=True, text=True)
+        summary = json.loads(result.stdout)
+        print(f"{name}: {summary['groups']} groups, {summary['database_videos']} database videos "
+              f"({summary['database_hours']:.2f} h), {summary['queries']} queries ({summary['query_hours']:.2f} h), "
+              f"built in {time.monotonic() - began:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Self-supervised backbone training on real encoded files: the loss learns, runs resume exactly,
+Ctrl-C checkpoints, and the written model file is an ordinary weak_mxh64_1024 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from media import synth_music, write_audio_file
+
+from ausil_search.backbone import WeakMxH64
+from ausil_search.backbone_training import (
+    CHECKPOINT_FILE,
+    AudioCorpus,
+    BackboneTrainConfig,
+    BackboneTrainer,
+    BackboneTrainingJob,
+    ViewBatches,
+    ViewRecipe,
+    draw_view_chain,
+    make_view_batch,
+    nt_xent,
+    read_excerpt,
+    train_backbone,
+)
+from ausil_search.cli import cli
+from ausil_search.errors import AusilError
+from ausil_search.model import AuSiLModel
+from ausil_search.spectrogram import FrontEnd
+
+RATE = 44100
+FRONTEND = FrontEnd()
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    """Five recordings in three containers; one shorter than an excerpt."""
+    folder = tmp_path_factory.mktemp("unlabelled")
+    for seed, (name, seconds) in enumerate([("a.ogg", 8), ("b.mp3", 7), ("c.wav", 6), ("d.ogg", 9), ("short.wav", 1.5)]):
+        write_audio_file(folder / name, synth_music(seconds, RATE, seed=100 + seed), RATE)
+    (folder / "notes.txt.bak").write_text("not media")
+    return folder
+
+
+def small_config(**changes) -> BackboneTrainConfig:
+    settings = dict(steps=3, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=1, calibration_batches=1,
+                    recipe=ViewRecipe(excerpt_s=2.6, max_shift_s=0.1, p_codec=0.3))
+    settings.update(changes)
+    return BackboneTrainConfig(**settings)
+
+
+def test_read_excerpt_seeks_into_the_file(tmp_path):
+    signal_ = synth_music(6, RATE, seed=3)[0]
+    write_audio_file(tmp_path / "x.wav", signal_, RATE)
+    excerpt = read_excerpt(tmp_path / "x.wav", 2.0, RATE)
+    assert excerpt.shape == (RATE,)
+    np.testing.assert_allclose(excerpt, signal_[2 * RATE : 3 * RATE], atol=1e-4)  # 16-bit PCM
+    tail = read_excerpt(tmp_path / "x.wav", 5.5, RATE)
+    assert np.abs(tail[: RATE // 2 - 10]).max() > 0.01 and not tail[RATE // 2 + 10 :].any()
+
+
+def test_view_batches_are_a_function_of_seed_and_index(media_dir):
+    corpus = AudioCorpus.from_sources([media_dir])
+    assert len(corpus) == 5  # the .bak file is not media
+    recipe = ViewRecipe(excerpt_s=2.6)
+    first = make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3)
+    assert first.shape == (2, 3, FRONTEND.window_frames, FRONTEND.n_mels) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3))
+    assert not np.array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=5, batch_size=3))
+    with pytest.raises(AusilError, match="larger than the number of recordings"):
+        make_view_batch(corpus, recipe, FRONTEND, seed=1, index=0, batch_size=6)
+    with pytest.raises(AusilError, match="too short"):
+        ViewBatches(corpus, ViewRecipe(excerpt_s=2.2), FRONTEND, 0, 2, workers=0)
+
+
+def test_view_chains_keep_the_centre(media_dir):
+    """Only transforms that keep the excerpt's centre in place; time changes stay within ±15 %."""
+    rng = np.random.default_rng(0)
+    chains = [draw_view_chain(rng, ViewRecipe(), n_others=3) for _ in range(300)]
+    names = {step["name"] for chain in chains for step in chain}
+    assert names <= {"speed", "tempo", "pitch", "echo", "mix", "noise", "band", "resample", "gain", "codec"}
+    assert {"speed", "tempo", "pitch", "codec", "mix"} <= names
+    factors = [s["factor"] for c in chains for s in c if s["name"] in ("speed", "tempo")]
+    assert min(factors) >= 0.85 and max(factors) <= 1.15
+    assert any(chain == [] for chain in chains)
+
+
+def test_nt_xent_prefers_matching_partners():
+    torch.manual_seed(0)
+    z = torch.randn(6, 32)
+    aligned, accuracy = nt_xent(z, z + 0.01 * torch.randn(6, 32), 0.1)
+    shuffled, _ = nt_xent(z, z[torch.tensor([1, 2, 3, 4, 5, 0])], 0.1)
+    assert accuracy == 1.0 and aligned < 0.1 < shuffled
+
+
+def test_loss_decreases_on_a_fixed_batch(media_dir):
+    corpus = AudioCorpus.from_sources([media_dir])
+    views = make_view_batch(corpus, ViewRecipe(excerpt_s=2.6), FRONTEND, seed=0, index=0, batch_size=4)
+    backbone = AuSiLModel.initialise(seed=0).backbone
+    trainer = BackboneTrainer(backbone, None, corpus, small_config(lr=1e-3), torch.device("cpu"))
+    losses = [trainer.train_step(views).loss for _ in range(6)]
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def _state(backbone: WeakMxH64) -> dict:
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+def test_resume_reproduces_an_uninterrupted_run(media_dir, tmp_path):
+    # Uninterrupted, with a worker process making the batches ...
+    straight = AuSiLModel.initialise(seed=0).backbone
+    report = train_backbone(straight, BackboneTrainingJob([media_dir], small_config(), tmp_path / "a", workers=1))
+    assert report["steps"] == 3 and report["steps_this_session"] == 3
+
+    # ... and interrupted by Ctrl-C after step 2, then resumed, batches made in-process.
+    def interrupt_at_two(record):
+        if record.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = AuSiLModel.initialise(seed=0).backbone
+    job = BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_backbone(interrupted, job, on_step=interrupt_at_two)
+    saved = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)
+    assert saved["step"] == 2
+
+    with pytest.raises(AusilError, match="--resume"):
+        train_backbone(AuSiLModel.initialise(seed=0).backbone, job)
+    with pytest.raises(AusilError, match="other settings"):
+        train_backbone(AuSiLModel.initialise(seed=0).backbone,
+                       BackboneTrainingJob([media_dir], small_config(lr=5e-4), tmp_path / "b", resume=True, workers=0))
+
+    resumed = AuSiLModel.initialise(seed=0).backbone  # fresh weights: everything must come from the checkpoint
+    report = train_backbone(resumed, BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", resume=True, workers=0))
+    assert report["resumed_at"] == 2 and report["steps"] == 3
+    expected, got = _state(straight), _state(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    a = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=False)
+    b = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+
+def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_path):
+    out = tmp_path / "ssl.safetensors"
+    result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(out), "--steps", "2", "--batch", "2",
+                                      "--excerpt-seconds", "2.6", "--calibration-batches", "1", "--workers", "0",
+                                      "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["steps"] == 2 and report["data"]["files"] == 5
+
+    model = AuSiLModel.load(out)
+    initial = AuSiLModel.initialise(seed=3)
+    state = model.backbone.state_dict()
+    assert list(state) == list(WeakMxH64().state_dict())  # the official key layout, in order
+    WeakMxH64.from_state_dict({f"module.{k}": v for k, v in state.items()})  # loads as the release's .pkl would
+    assert not torch.equal(state["layer1.0.weight"], initial.backbone.state_dict()["layer1.0.weight"])
+    assert torch.equal(state["layer19.0.weight"], initial.backbone.state_dict()["layer19.0.weight"])
+    for number in (1, 18):  # recomputed BatchNorm statistics: a plain average, finite, positive variances
+        norm = getattr(model.backbone, f"layer{number}")[1]
+        assert int(norm.num_batches_tracked) == 1
+        assert torch.isfinite(norm.running_mean).all() and (norm.running_var > 0).all()
+        assert not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+    assert torch.equal(model.head.pca_weights, initial.head.pca_weights)
+    training = model.metadata["backbone_training"]
+    assert training["steps"] == 2 and training["config"]["temperature"] == 0.1
+    assert model.metadata["source"].startswith("ausil-search")  # the command line (here pytest's)
+    assert (tmp_path / "ssl.report.json").is_file()

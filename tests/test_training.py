@@ -1,0 +1,206 @@
+"""Training the AuSiL head: whitening maths, self-supervised triplets from real encoded audio,
+loss going down, and checkpoints that resume to exactly the uninterrupted state."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ausil_search.cli import cli
+from ausil_search.model import AuSiLModel
+from ausil_search.training import (
+    DescriptorCache,
+    DescriptorSource,
+    HeadTrainer,
+    SelfSupervisedConfig,
+    TrainConfig,
+    backbone_fingerprint,
+    comparator_batch,
+    examples_pool,
+    fit_whitening,
+    fit_whitening_report,
+    global_features,
+    mine_hard_negatives,
+    self_supervised_examples,
+)
+from ausil_search.head import AuSiLHead
+from media import synth_music, write_audio_file
+
+SR = 44100
+SELF_SUPERVISED = SelfSupervisedConfig(examples_per_recording=2, database_seconds=(9.0, 11.0), query_seconds=(6.0, 7.0))
+
+
+# --------------------------------------------------------------------------- whitening
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_whitening_gives_identity_covariance_in_leading_dims():
+    rng = np.random.default_rng(0)
+    dim, n = 48, 6000
+    mixing = rng.standard_normal((dim, dim)) * np.geomspace(3.0, 0.05, dim)[:, None]
+    data = (rng.standard_normal((n, dim)) @ mixing + 4.0).astype(np.float32)  # strongly correlated, off-centre
+    mean, weights = fit_whitening(np.array_split(data, 7))  # streamed in uneven chunks
+    assert weights.shape == (dim, dim) and mean.shape == (dim,)
+    whitened = (_l2(data) - mean) @ weights
+    covariance = np.cov(whitened[:, :16], rowvar=False, bias=True)
+    assert np.abs(covariance - np.eye(16)).max() < 0.05
+    # columns are scaled eigenvectors: mutually orthogonal, norms 1/sqrt(λ + eps) growing as λ falls
+    gram = weights.T @ weights
+    assert np.abs(gram - np.diag(np.diag(gram))).max() < 1e-3 * np.diag(gram).max()
+    assert np.all(np.diff(np.diag(gram)) >= -1e-3 * np.diag(gram)[:-1])
+
+
+def test_ledoit_wolf_estimate_matches_its_definition_and_guards_few_segments():
+    rng = np.random.default_rng(1)
+    dim, n = 40, 300
+    data = (rng.standard_normal((n, dim)) * np.geomspace(2.0, 0.2, dim) + 1.0).astype(np.float32)
+    fit = fit_whitening_report([data[:100], data[100:]])
+    y = _l2(data.astype(np.float64))
+    y -= y.mean(0)
+    covariance = y.T @ y / n
+    mu = np.trace(covariance) / dim
+    delta_sq = np.square(covariance - mu * np.eye(dim)).sum() / dim
+    beta_sq = sum(np.square(np.outer(row, row) - covariance).sum() for row in y) / (n * n * dim)
+    assert fit.ledoit_wolf == pytest.approx(min(beta_sq, delta_sq) / delta_sq, rel=1e-4)
+    assert fit.shrinkage == pytest.approx(max(fit.ledoit_wolf, dim / (n + dim)))
+    # fewer segments than dims: finite, and matching rows are not whitened apart
+    few = data[:20]
+    few_fit = fit_whitening_report([np.repeat(few, 2, axis=0) + 0.01 * rng.standard_normal((40, dim)).astype(np.float32)])
+    assert few_fit.shrinkage >= dim / (40 + dim) and np.isfinite(few_fit.weights).all()
+    w = _l2((_l2(few) - few_fit.mean) @ few_fit.weights)
+    assert np.mean(np.abs(w @ w.T)[~np.eye(20, dtype=bool)]) > 0.05
+
+
+def test_batched_comparator_equals_one_pair_at_a_time():
+    torch.manual_seed(0)
+    head = AuSiLHead.identity(32, seed=3)
+    queries = [torch.randn(n, 32) for n in (4, 9, 13)]
+    databases = [torch.randn(n, 32) for n in (10, 23, 11)]
+    maps, valid = comparator_batch(head, queries, databases)
+    for i, (q, p) in enumerate(zip(queries, databases)):
+        alone = head.comparator_map(q, p, clip=False)
+        h, w = alone.shape
+        assert valid[i].sum() == h * w and valid[i, :h, :w].all()
+        torch.testing.assert_close(maps[i, :h, :w], alone, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- training on generated audio
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recordings")
+    for i in range(5):
+        write_audio_file(root / f"rec{i}.flac", synth_music(13.0 + i, SR, seed=500 + i), SR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pool_setup(recordings, tmp_path_factory):
+    """A self-supervised pool (real augmentations, real backbone), a whitening fitted to it, hard negatives."""
+    model = AuSiLModel.initialise(seed=7)
+    cache_path = tmp_path_factory.mktemp("cache") / "descriptors.h5"
+    with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
+        source = DescriptorSource(model.backbone, model.frontend, cache)
+        skipped = []
+        examples = self_supervised_examples(sorted(recordings.glob("*.flac")), source, SELF_SUPERVISED,
+                                            lambda path, error: error and skipped.append(error))
+    assert not skipped and len(examples) == 10
+    assert {e.mode for e in examples} == {"core", "speed"}
+    pool = examples_pool(examples)
+    mean, weights = fit_whitening(pool.videos)  # fewer segments than dims: the low-rank path
+    model.head.pca_mean.data, model.head.pca_weights.data = torch.from_numpy(mean), torch.from_numpy(weights)
+    features = global_features(model.head, pool.videos, torch.device("cpu"))
+    hard, report = mine_hard_negatives(pool, features, margin=0.2)
+    return model, pool, hard, cache_path
+
+
+def test_self_supervised_pool_has_the_right_negatives(pool_setup):
+    _, pool, hard, _ = pool_setup
+    groups = [name.split(":")[0] for name in pool.names]
+    for (anchor, positive), allowed, chosen in zip(pool.pairs, pool.negatives, hard):
+        assert groups[anchor] == groups[positive] and pool.names[positive].endswith("database")
+        assert positive not in allowed and anchor not in allowed
+        assert all(pool.names[n].endswith("database") for n in allowed)
+        assert set(chosen) <= set(allowed) and len(chosen) > 0
+        assert any(groups[n] != groups[anchor] for n in allowed)
+
+
+def _trainer(pool_setup, steps, checkpoint_dir=None, lr=3e-3):
+    model, pool, hard, _ = pool_setup
+    config = TrainConfig(steps=steps, batch_size=6, lr=lr, checkpoint_every=4, seed=5)
+    return HeadTrainer(copy.deepcopy(model.head), pool, hard, config, "cpu", checkpoint_dir)
+
+
+def test_training_lowers_the_loss(pool_setup):
+    trainer = _trainer(pool_setup, steps=30)
+    everything = trainer.all_triplets()
+    before = trainer.evaluate_loss(everything)
+    trainer.train()
+    after = trainer.evaluate_loss(everything)
+    losses = [r.loss for r in trainer.history]
+    print(f"loss on every triplet {before:.4f} -> {after:.4f}")
+    assert after < before - 0.01, (before, after)
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+    assert trainer.head.context.abs().sum() > 0  # attention moved from neutral
+
+
+def test_checkpoint_resume_reaches_the_uninterrupted_state(pool_setup, tmp_path):
+    uninterrupted = _trainer(pool_setup, steps=10)
+    uninterrupted.train()
+
+    interrupted = _trainer(pool_setup, steps=10, checkpoint_dir=tmp_path)
+
+    def stop_at_7(record):
+        if record.step == 7:
+            raise KeyboardInterrupt  # what Ctrl-C does after finishing a step
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(stop_at_7)
+    assert interrupted.step == 7 and (tmp_path / "checkpoint.pt").is_file()
+
+    resumed = _trainer(pool_setup, steps=10, checkpoint_dir=tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.step == 7
+    resumed.train()
+    expected, got = uninterrupted.head.state_dict(), resumed.head.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert [r.loss for r in resumed.history] == [r.loss for r in uninterrupted.history]
+
+    changed = _trainer(pool_setup, steps=10, checkpoint_dir=tmp_path, lr=1e-2)
+    with pytest.raises(Exception, match="lr"):
+        changed.load_checkpoint()
+
+
+def test_train_command_writes_a_model_and_report(pool_setup, recordings, tmp_path):
+    _, _, _, cache_path = pool_setup
+    start = tmp_path / "start.safetensors"
+    AuSiLModel.initialise(seed=7).save(start)
+    out = tmp_path / "trained.safetensors"
+    args = [
+        "train", str(recordings), "--model", str(start), "-o", str(out), "--steps", "6", "--batch", "4",
+        "--whitening", "keep", "--cache", str(cache_path), "--examples-per-file", "2",
+        "--database-seconds", "9:11", "--query-seconds", "6:7", "--checkpoint-dir", str(tmp_path / "ckpt"), "--json",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    # every descriptor comes from the cache the fixture filled (same examples, same keys)
+    assert report["steps"] == 6 and report["extraction"]["segments_extracted"] == 0
+    trained = AuSiLModel.load(out)
+    assert trained.metadata["training"]["config"]["steps"] == 6
+    assert not torch.equal(trained.head.context, torch.zeros_like(trained.head.context))
+    assert json.loads((tmp_path / "trained.report.json").read_text())["steps"] == 6
+    # the checkpoint exists now: a second run must say how to continue instead of overwriting it
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
