@@ -50,13 +50,22 @@ Pooling = Literal["mean", "max"]
 def pool_segments(embedded: torch.Tensor, pooling: Pooling) -> np.ndarray:
     """One L2-normalised descriptor per video from its embedded segments.
 
-    Max pooling is the default because it ranked partners higher than mean pooling when measured:
-    on the engine test's copies (random model) the original's recall rank was 1,1,1,1,5,2 with max
-    against 1,1,1,1,13,2 with mean; a mean over a long video dilutes the part a clip shares with it.
+    The default is chosen by measurement (`default_pooling`). On the dev benchmark (bench-data/small,
+    50 queries, 450 videos), with a fitted whitening the positives found in the top 100 were 0.880
+    with mean against 0.670 with max (global-only mAP 0.494 vs 0.311; benchmarks/pooling.py); with
+    identity whitening the two were close there (0.672 vs 0.680), and on the engine test's copies
+    max ranked partners higher (recall ranks 1,1,1,1,5,2 vs 1,1,1,1,13,2), so max stays for such models.
     """
     pooled = embedded.mean(0) if pooling == "mean" else embedded.max(0).values
     pooled = pooled / pooled.norm().clamp_min(1e-12)
     return pooled.float().cpu().numpy()
+
+
+def default_pooling(model: AuSiLModel) -> Pooling:
+    """Mean for a model with a fitted whitening, max for one without (see `pool_segments`)."""
+    weights = model.head.pca_weights
+    identity = torch.equal(weights.detach().cpu(), torch.eye(weights.shape[0], dtype=weights.dtype))
+    return "max" if identity else "mean"
 
 
 def has_audio_stream(path: Path) -> bool:
@@ -122,7 +131,7 @@ class SearchEngine:
         workers: int | None = None,
         batch_size: int | None = None,
         precision: str = "fused",
-        pooling: Pooling = "max",
+        pooling: Pooling | None = None,
         commit_every: int = COMMIT_EVERY_VIDEOS,
     ):
         self.index_dir = Path(index_dir)
@@ -134,7 +143,7 @@ class SearchEngine:
             raise IndexStoreError(f"no index at {self.index_dir}: build one with `ausil-search index DIR`")
         self.model = model if isinstance(model, AuSiLModel) else self._load_model(model, manifest)
         self.model.head.to(self.device).eval()
-        self.pooling: Pooling = manifest["pooling"] if manifest else pooling
+        self.pooling: Pooling = manifest["pooling"] if manifest else (pooling or default_pooling(self.model))
         if manifest is not None:
             self._check_compatible(manifest)
         self.store = SegmentStore(self.index_dir / SEGMENTS_DIR, readonly=not writable)

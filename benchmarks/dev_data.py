@@ -1,11 +1,12 @@
 """The dev benchmark: game music, sound effects and speech from Debian packages, split by file.
 
-    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium]
+    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium|hard]
 
 Installs the packages (with --install; needs root and apt), lists their audio files (dpkg -L; the
 UFO:AI music is inside a .pk3 zip and is extracted), and splits recordings by a hash of the file
 name into a ``dev`` half (benchmark sources) and a ``train`` half (training sources). Writes
-``OUT/sources/{dev,train}.txt`` and builds ``OUT/small`` (50 groups) and ``OUT/medium`` (150 groups)
+``OUT/sources/{dev,train}.txt`` and builds ``OUT/small`` (50 groups), ``OUT/medium`` (150 groups) and
+``OUT/hard`` (30 groups of the generator's hard mode)
 with ``ausil-search bench make``. Nothing here is committed; OUT is git-ignored.
 """
 
@@ -25,7 +26,8 @@ import av
 PACKAGES = ["wesnoth-1.16-music", "ufoai-music", "warzone2100-music", "planetblupi-music-ogg",
             "colobot-common-sounds", "asterisk-core-sounds-en-wav"]
 AUDIO = (".ogg", ".opus", ".wav", ".mp3", ".flac")
-BENCHMARKS = {"small": 50, "medium": 150}
+# name -> (groups, generator mode)
+BENCHMARKS = {"small": (50, "normal"), "medium": (150, "normal"), "hard": (30, "hard")}
 
 
 def package_files(package: str, extract_dir: Path) -> list[Path]:
@@ -91,11 +93,12 @@ def main() -> None:
             print(f"    {package:30s} {entry['files']:4d} files {entry['hours']:6.2f} h")
     if args.split_only:
         return
-    for name in args.only or sorted(BENCHMARKS, key=BENCHMARKS.get):
+    for name in args.only or list(BENCHMARKS):
+        groups, mode = BENCHMARKS[name]
         began = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "ausil_search", "bench", "make", str(sources / "dev.txt"), str(out / name), "--groups",
-             str(BENCHMARKS[name]), "--seed", str(args.seed), "--cache", str(out / "cache"), "--json"],
+             str(groups), "--mode", mode, "--seed", str(args.seed), "--cache", str(out / "cache"), "--json"],
             check=True, capture_output=True, text=True)
         summary = json.loads(result.stdout)
         print(f"{name}: {summary['groups']} groups, {summary['database_videos']} database videos "

@@ -289,6 +289,17 @@ class HDF5Source:
         self._file.close()
 
 
+def backbone_key(model) -> str:
+    """Features depend on the backbone alone (not the head), so models sharing one share features."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def ablation_runs(bench: Benchmark, model, work: Path, steps: list[int], components: list[str], args) -> dict:
     """Features once per time step (HDF5), then similarities per component set."""
     from ausil_search.devices import pick_device
@@ -302,7 +313,7 @@ def ablation_runs(bench: Benchmark, model, work: Path, steps: list[int], compone
         preset = FrontEnd.from_step_ms(step)
         frontend = FrontEnd.from_dict({**model.frontend.to_dict(), "step_frames": preset.step_frames,
                                        "window_frames": preset.window_frames})
-        features = work / f"features-{(model.sha256 or 'unsaved')[:12]}-{step}ms.h5"
+        features = (args.features_dir or work) / f"features-{backbone_key(model)}-{step}ms.h5"
         if not features.is_file():
             partial = features.with_suffix(".partial.h5")
             partial.unlink(missing_ok=True)
@@ -445,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--workers", type=int, default=None, help="Decoding processes for indexing/extraction.")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="Parallel fpcalc processes.")
+    parser.add_argument("--features-dir", type=Path, default=None,
+                        help="Where --ablation keeps its HDF5 features, keyed by backbone (default: --work); "
+                             "runs of models with the same backbone share them.")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (index, features, similarities); default BENCH_DIR/work.")
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
     parser.add_argument("--markdown", nargs="?", type=Path, const=None, default=None, metavar="PATH",

@@ -145,7 +145,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path, collection, model_path):
     [
         (["extract", "-f", "nowhere.txt", "-o", "x"], "nowhere.txt: list file not found"),
         (["similarity", "-q", "{list}", "-d", "{list}", "--model", "nowhere.safetensors"], "model file not found"),
-        (["similarity", "-q", "{list}", "-d", "{list}"], "no model available"),
+        (["similarity", "-q", "{list}", "-d", "{list}", "--model", "official"], "the official weights are not in"),
         (["weights", "info", "{list}"], "not a"),
         (["evaluate", "-r", "{list}", "-a", "{list}", "-d", "{list}"], "not valid JSON"),
     ],
