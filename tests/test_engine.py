@@ -233,9 +233,6 @@ def test_killed_run_resumes_to_the_same_index(collection, tmp_path, model_path, 
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled default model is not in this checkout")
-@pytest.mark.xfail(strict=True, reason="issue 5 open: the first default model (random backbone, head trained on game "
-                   "music) scores every synthetic-music video ~0.99 and ranks a distractor first; strict, so that a "
-                   "model that passes turns this into a failure to be promoted to a plain test")
 def test_speed_changed_copies_rank_first_with_the_default_model(tmp_path):
     """Speed (pitch moves with it) and tempo (pitch kept) changes of ±8–12%, through a lossy codec:
     the trained default model must still rank each copy's original first among distractors."""
