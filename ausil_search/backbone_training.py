@@ -49,7 +49,7 @@ from torch import Tensor
 
 from . import augment
 from .atomic import atomic_output
-from .audio import SAMPLE_RATE, probe
+from .audio import SAMPLE_RATE, decode_audio, probe
 from .backbone import WeakMxH64
 from .errors import AusilError, InputError
 from .spectrogram import FrontEnd, log_mel
@@ -114,8 +114,6 @@ class AudioCorpus:
 
 
 def _decoded_duration(path: Path) -> float:
-    from .audio import decode_audio
-
     try:
         return sum(len(chunk) for chunk in decode_audio(path, SAMPLE_RATE)) / SAMPLE_RATE
     except InputError:

@@ -414,6 +414,13 @@ class _StageProgress:
             self.bar = None
 
 
+def _exit_interrupted(step, checkpoint_dir: Path | None) -> None:
+    """Ctrl-C during training: say where the run stopped and how to continue, exit 130."""
+    where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
+    click.echo(f"interrupted at step {step}{where}", err=True)
+    sys.exit(130)
+
+
 def _save_trained(model, output: Path, report: dict, float16: bool) -> Path:
     """Write a trained model and, beside it, its training report (which records the model's identity)."""
     from .atomic import write_json_atomic
@@ -555,9 +562,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
         report = train_model(model, job, TrainingHooks(progress.on_stage, progress.on_file, progress.on_step))
     except KeyboardInterrupt:
         progress.close()
-        where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
-        click.echo(f"interrupted at step {progress.step}{where}", err=True)
-        sys.exit(130)
+        _exit_interrupted(progress.step, checkpoint_dir)
     finally:
         progress.close()
 
@@ -654,9 +659,7 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
                      on_step=on_step, frontend=start.frontend)
     except KeyboardInterrupt:
         bar.close()
-        where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
-        click.echo(f"interrupted at step {state['step']}{where}", err=True)
-        sys.exit(130)
+        _exit_interrupted(state["step"], checkpoint_dir)
     finally:
         bar.close()
     model = AuSiLModel(start.backbone, initial.head, start.frontend, {
