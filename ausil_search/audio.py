@@ -12,6 +12,7 @@ far is kept. Only when nothing at all decodes is it an :class:`InputError`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Iterator
@@ -81,6 +82,41 @@ def decode_audio(
         container.close()
         raise InputError(f"{path}: no audio stream")
     return _fixed_size_chunks(container, path, sample_rate, chunk_samples)
+
+
+def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``n_samples`` mono float32 samples from about ``start_s`` on, zero-padded past the end.
+
+    Seeks in the container, so the cost does not grow with the position (training reads thousands
+    of short excerpts of long files). The start is only as exact as the container's timestamps,
+    which suits callers that need some excerpt near a position, not a sample-exact one.
+    """
+    out = np.zeros(n_samples, np.float32)
+    with _open_media(path) as container:
+        if not container.streams.audio:
+            raise InputError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        try:
+            if start_s > 0 and stream.time_base:
+                container.seek(int(start_s / stream.time_base), stream=stream)
+        except av.FFmpegError as error:
+            raise InputError(f"{path}: cannot seek to {start_s:.1f} s ({_reason(error)})") from None
+        frames = _decoded_frames(container, path)
+        first = next(frames, None)
+        if first is None:
+            return out
+        # the seek lands on or before start_s: drop the samples before it
+        skip = max(0, round((start_s - (first.time if first.time is not None else start_s)) * sample_rate))
+        count = 0
+        for samples in _finite(_resampled(itertools.chain([first], frames), sample_rate), path):
+            cut = min(skip, len(samples))
+            skip -= cut
+            piece = samples[cut : cut + n_samples - count]
+            out[count : count + len(piece)] = piece
+            count += len(piece)
+            if count >= n_samples:
+                break
+    return out
 
 
 def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

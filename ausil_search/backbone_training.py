@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import threading
 import time
@@ -41,7 +40,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,7 +47,7 @@ from torch import Tensor
 
 from . import augment
 from .atomic import atomic_output
-from .audio import SAMPLE_RATE, decode_audio, probe
+from .audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
 from .backbone import WeakMxH64
 from .errors import AusilError, InputError
 from .spectrogram import FrontEnd, log_mel
@@ -118,51 +116,6 @@ def _decoded_duration(path: Path) -> float:
         return sum(len(chunk) for chunk in decode_audio(path, SAMPLE_RATE)) / SAMPLE_RATE
     except InputError:
         return 0.0
-
-
-def read_excerpt(path: str | os.PathLike[str], start_s: float, n_samples: int,
-                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """``n_samples`` mono float32 samples from about ``start_s`` on (zero-padded past the end).
-
-    Seeks in the container, so the cost does not grow with the position. Where the excerpt starts
-    is only as exact as the container's timestamps: training needs some excerpt, not a given one.
-    A decode error ends the excerpt early; the rest stays silent.
-    """
-    out = np.zeros(n_samples, np.float32)
-    count = 0
-    try:
-        with av.open(os.fspath(path), metadata_errors="ignore") as container:
-            stream = container.streams.audio[0]
-            if start_s > 0 and stream.time_base:
-                container.seek(int(start_s / stream.time_base), stream=stream)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            skip: int | None = None
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.FFmpegError:
-                    continue
-                for frame in frames:
-                    if skip is None:  # the seek lands on or before start_s
-                        skip = max(0, round((start_s - (frame.time if frame.time is not None else start_s)) * sample_rate))
-                    frame.pts = None
-                    for piece in resampler.resample(frame):
-                        data = piece.to_ndarray().reshape(-1)
-                        cut = min(skip, len(data))
-                        skip -= cut
-                        data = data[cut : cut + n_samples - count]
-                        out[count : count + len(data)] = data
-                        count += len(data)
-                    if count >= n_samples:
-                        return _finite(out)
-    except av.FFmpegError:
-        pass
-    return _finite(out)
-
-
-def _finite(samples: np.ndarray) -> np.ndarray:
-    samples[~np.isfinite(samples)] = 0.0
-    return samples
 
 
 @dataclass(frozen=True)
@@ -274,7 +227,10 @@ def make_view_batch(corpus: AudioCorpus, recipe: ViewRecipe, frontend: FrontEnd,
     for item in chosen:
         duration = corpus.durations[item]
         start_s = float(rng.uniform(0, duration - recipe.excerpt_s)) if duration > recipe.excerpt_s else 0.0
-        excerpt = read_excerpt(corpus.paths[item], start_s, n_samples, rate)
+        try:
+            excerpt = read_excerpt(corpus.paths[item], start_s, n_samples, rate)
+        except InputError:  # a file that went bad since the corpus was listed: silence, not a dead run
+            excerpt = np.zeros(n_samples, np.float32)
         if duration < recipe.excerpt_s:  # centre a short recording in silence
             used = min(n_samples, round(duration * rate))
             excerpt = np.roll(excerpt, (n_samples - used) // 2)
@@ -386,6 +342,7 @@ class BackboneTrainConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup_steps: int = 50
+    decay_steps: int = 0  # the last decay_steps of `steps` lower the rate linearly towards 0
     weight_decay: float = 0.0
     temperature: float = 0.1
     seed: int = 0
@@ -394,7 +351,7 @@ class BackboneTrainConfig:
     recipe: ViewRecipe = field(default_factory=ViewRecipe)
 
     # Settings a resumed run may change; all others must match the checkpoint.
-    _RESUMABLE_CHANGES = ("steps", "checkpoint_every", "calibration_batches")
+    _RESUMABLE_CHANGES = ("steps", "decay_steps", "checkpoint_every", "calibration_batches")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -406,8 +363,14 @@ class BackboneTrainConfig:
         return [k for k in mine if k not in self._RESUMABLE_CHANGES and saved.get(k) != mine[k]]
 
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up over the first ``warmup_steps``, then constant (a run may be extended)."""
-        return self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        """Linear warm-up, constant, then a linear decay over the last ``decay_steps``.
+
+        The decay is relative to ``steps``, so a run extended with --resume decays at its new end;
+        annealing the rate at the end is what lets the last steps settle instead of jittering.
+        """
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        decay = min(1.0, (self.steps - step) / self.decay_steps) if self.decay_steps else 1.0
+        return self.lr * min(warm, max(decay, 0.0))
 
 
 @dataclass

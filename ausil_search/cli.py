@@ -602,6 +602,8 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="Adam learning rate.")
 @click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=50, show_default=True,
               help="Steps of linear learning-rate warm-up.")
+@click.option("--decay-steps", "decay_steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Final steps over which the learning rate falls linearly to 0 (may change on --resume).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
 @click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=3.0, show_default=True,
               help="Audio read per item; the centre window (~2 s) of each view is trained on.")
@@ -619,7 +621,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
-def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, temperature, excerpt_seconds,
+def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, excerpt_seconds,
                    max_shift, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed, name, device,
                    float16, as_json):
     """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
@@ -639,7 +641,7 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     start = load_model(model_spec) if model_spec else initial
     start_identity = start.identity if model_spec else f"seeded random initialisation (seed {seed})"
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                                 temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
+                                 decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
                                  recipe=ViewRecipe(excerpt_s=excerpt_seconds, max_shift_s=max_shift))
     job = BackboneTrainingJob(sources=list(sources), config=config, checkpoint_dir=checkpoint_dir, resume=resume,

@@ -326,6 +326,32 @@ class SearchEngine:
             report.seconds = time.perf_counter() - started
         return report
 
+    def add_embedded(self, videos: Iterable[tuple[VideoFile, np.ndarray]]) -> int:
+        """Store videos whose segments are already embedded by this engine's model; returns the count.
+
+        For imports and synthetic collections (an HDF5 export, excerpts of stored videos) that skip
+        decoding. Pooling follows the index; stored in batches, searchable as soon as this returns,
+        and what was stored before an interruption stays.
+        """
+        self._require_writable()
+        batch: list[tuple[VideoFile, np.ndarray, np.ndarray]] = []
+        added = 0
+        try:
+            for record, segments in videos:
+                segments = np.asarray(segments)
+                if segments.ndim != 2 or len(segments) == 0:
+                    raise ValueError(f"{record.path}: segments must be a non-empty (N, D) matrix, got {segments.shape}")
+                pooled = pool_segments(torch.from_numpy(segments.astype(np.float32)), self.pooling)
+                batch.append((record, segments.astype(self.store.dtype, copy=False), pooled))
+                if len(batch) >= self.commit_every:
+                    added += len(self.store.add_videos(batch).ids)
+                    batch = []
+            if batch:
+                added += len(self.store.add_videos(batch).ids)
+        finally:
+            self._sync_global_index()
+        return added
+
     def _prune(self, roots: Sequence[Path]) -> int:
         """Remove records under `roots` whose files are gone."""
         prefixes = [str(root) + os.sep for root in roots]

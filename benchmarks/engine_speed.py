@@ -60,30 +60,25 @@ def audio_files(source: Path) -> list[Path]:
 
 def build_large_index(src_index: Path, dst_index: Path, n_videos: int, seed: int) -> float:
     """n_videos excerpts (30-240 s) of the real stored segment matrices, under new synthetic paths."""
-    from ausil_search.engine import SearchEngine, pool_segments
+    from ausil_search.engine import SearchEngine
     from ausil_search.stores import VideoFile
-    import torch
 
     shutil.copytree(src_index, dst_index)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     with SearchEngine(dst_index, writable=True) as engine:
         sources = [(r.id, r.n_segments) for r in engine.records()]
-        batch = []
-        for i in range(n_videos - len(sources)):
-            vid, n = sources[rng.integers(len(sources))]
-            length = int(min(n, rng.integers(30, 241)))
-            start = int(rng.integers(0, n - length + 1))
-            segments = engine.store.segments(vid)[start:start + length].astype(np.float32)
-            record = VideoFile(path=f"/synthetic/excerpt-{i:05d}.mp4", size=0, mtime_ns=0, fingerprint=f"x{i}",
-                               duration_s=float(length))
-            batch.append((record, segments, pool_segments(torch.from_numpy(segments), engine.pooling)))
-            if len(batch) == 64:
-                engine.store.add_videos(batch)
-                batch = []
-        if batch:
-            engine.store.add_videos(batch)
-        engine._sync_global_index()
+
+        def excerpts():
+            for i in range(n_videos - len(sources)):
+                vid, n = sources[rng.integers(len(sources))]
+                length = int(min(n, rng.integers(30, 241)))
+                start = int(rng.integers(0, n - length + 1))
+                record = VideoFile(path=f"/synthetic/excerpt-{i:05d}.mp4", size=0, mtime_ns=0, fingerprint=f"x{i}",
+                                   duration_s=float(length))
+                yield record, engine.store.segments(vid)[start:start + length]
+
+        engine.add_embedded(excerpts())
     return time.perf_counter() - started
 
 

@@ -424,8 +424,9 @@ def markdown(results: dict) -> str:
     ablation = results.get("ablation")
     if ablation:
         steps = sorted({s for row in ablation.values() for s in row}, key=lambda s: -int(s))
-        cols = ["all", "core", "speed"]
-        lines += ["", "Ablation (exhaustive similarity, release `similarity --components`; mAP all / core / speed)", "",
+        present = {g for row in ablation.values() for r in row.values() if r for g in r["groups"]}
+        cols = ["all"] + [g for g in GROUP_ORDER if g in present] + sorted(present - set(GROUP_ORDER))
+        lines += ["", f"Ablation (exhaustive similarity, release `similarity --components`; mAP {' / '.join(cols)})", "",
                   "| components | " + " | ".join(f"{s} ms {c}" for s in steps for c in cols) + " |",
                   "|---" * (1 + len(steps) * len(cols)) + "|"]
         for name, row in ablation.items():

@@ -19,7 +19,7 @@ from media import (
     write_video_without_audio,
 )
 
-from ausil_search.audio import SAMPLE_RATE, PartialDecodeWarning, decode_audio, load_audio, probe
+from ausil_search.audio import SAMPLE_RATE, PartialDecodeWarning, decode_audio, load_audio, probe, read_excerpt
 from ausil_search.errors import InputError
 
 AUDIO_EXTENSIONS = [".wav", ".flac", ".mp3", ".m4a", ".ogg"]
@@ -226,3 +226,38 @@ def test_long_decode_uses_bounded_memory(tmp_path) -> None:
         tracemalloc.stop()
     assert n_samples == seconds * SAMPLE_RATE
     assert peak_bytes < 16 * 2**20
+
+
+@pytest.mark.parametrize("extension", AUDIO_EXTENSIONS)
+def test_read_excerpt_seeks_to_the_position(tmp_path, extension) -> None:
+    require_encoders(extension, video=False)
+    rate = SAMPLE_RATE
+    signal_ = synth_music(10, rate, seed=3)[0]
+    path = tmp_path / f"x{extension}"
+    write_audio_file(path, signal_, rate)
+    lossless = extension in (".wav", ".flac")
+    for start_s in (0.0, 3.0, 7.5):
+        excerpt = read_excerpt(path, start_s, rate)
+        assert excerpt.shape == (rate,) and excerpt.dtype == np.float32
+        if lossless:
+            np.testing.assert_allclose(excerpt, signal_[round(start_s * rate):][:rate], atol=1e-4)
+            continue
+        # lossy seeks land on codec frames: the excerpt is the original within 50 ms
+        piece = excerpt[rate // 4 : rate // 2].astype(np.float64)  # past the decoder's restart after a seek
+        start, reach = round(start_s * rate) + rate // 4, round(0.05 * rate)
+        around = signal_[max(0, start - reach) : start + reach + len(piece)].astype(np.float64)
+        energy = np.sqrt(np.convolve(around**2, np.ones(len(piece)), "valid"))
+        best = (np.correlate(around, piece, "valid") / (energy * np.linalg.norm(piece))).max()
+        assert best > MIN_CORRELATION, (start_s, best)
+
+
+def test_read_excerpt_pads_past_the_end_and_refuses_bad_files(tmp_path) -> None:
+    rate = SAMPLE_RATE
+    write_audio_file(tmp_path / "x.wav", synth_music(6, rate, seed=3)[0], rate)
+    tail = read_excerpt(tmp_path / "x.wav", 5.5, rate)
+    assert np.abs(tail[: rate // 2 - 10]).max() > 0.01 and not tail[rate // 2 + 10 :].any()
+    with pytest.raises(InputError, match="file not found"):
+        read_excerpt(tmp_path / "missing.wav", 1.0, rate)
+    write_video_without_audio(tmp_path / "silent.mp4")
+    with pytest.raises(InputError, match="no audio stream"):
+        read_excerpt(tmp_path / "silent.mp4", 0.0, rate)

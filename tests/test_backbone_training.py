@@ -25,7 +25,6 @@ from ausil_search.backbone_training import (
     draw_view_chain,
     make_view_batch,
     nt_xent,
-    read_excerpt,
     train_backbone,
 )
 from ausil_search.cli import cli
@@ -52,16 +51,6 @@ def small_config(**changes) -> BackboneTrainConfig:
                     recipe=ViewRecipe(excerpt_s=2.6, max_shift_s=0.1, p_codec=0.3))
     settings.update(changes)
     return BackboneTrainConfig(**settings)
-
-
-def test_read_excerpt_seeks_into_the_file(tmp_path):
-    signal_ = synth_music(6, RATE, seed=3)[0]
-    write_audio_file(tmp_path / "x.wav", signal_, RATE)
-    excerpt = read_excerpt(tmp_path / "x.wav", 2.0, RATE)
-    assert excerpt.shape == (RATE,)
-    np.testing.assert_allclose(excerpt, signal_[2 * RATE : 3 * RATE], atol=1e-4)  # 16-bit PCM
-    tail = read_excerpt(tmp_path / "x.wav", 5.5, RATE)
-    assert np.abs(tail[: RATE // 2 - 10]).max() > 0.01 and not tail[RATE // 2 + 10 :].any()
 
 
 def test_view_batches_are_a_function_of_seed_and_index(media_dir):
@@ -173,3 +162,15 @@ def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_pat
     assert training["steps"] == 2 and training["config"]["temperature"] == 0.1
     assert model.metadata["source"].startswith("ausil-search")  # the command line (here pytest's)
     assert (tmp_path / "ssl.report.json").is_file()
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_end():
+    config = BackboneTrainConfig(steps=100, lr=1e-3, warmup_steps=10, decay_steps=20)
+    rates = [config.learning_rate(step) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert rates[10:80] == [pytest.approx(1e-3)] * 70
+    assert rates[90] == pytest.approx(0.5e-3) and rates[99] == pytest.approx(0.05e-3)
+    assert all(a >= b for a, b in zip(rates[80:], rates[81:]))
+    # an extended run decays at its new end; the decay may be changed on resume
+    assert BackboneTrainConfig(steps=200, lr=1e-3, decay_steps=20).learning_rate(99) == pytest.approx(1e-3)
+    assert not config.incompatible(BackboneTrainConfig(steps=150, lr=1e-3, warmup_steps=10).to_dict())

@@ -132,6 +132,32 @@ def test_exhaustive_agrees_with_recall_path(collection, built_index):
             assert full.candidates == N_ORIGINALS + N_DISTRACTORS + 1 and fast.candidates == 8
 
 
+def test_added_embedded_excerpt_is_found_beside_its_original(collection, built_index, tmp_path):
+    import shutil
+
+    from ausil_search.stores import VideoFile
+
+    def synthetic(name: str, seconds: float) -> VideoFile:
+        return VideoFile(path=f"/synthetic/{name}", size=0, mtime_ns=0, fingerprint=name, duration_s=seconds)
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(built_index[0], index_dir)
+    copy = sorted(collection["pairs"])[0]
+    original = str(collection["pairs"][copy].absolute())
+    with SearchEngine(index_dir, writable=True, workers=0) as engine:
+        record = next(r for r in engine.records() if r.path == original)
+        excerpt = engine.store.segments(record.id)[2:9]
+        with pytest.raises(ValueError, match="non-empty"):
+            engine.add_embedded([(synthetic("empty.mp4", 0.0), excerpt[:0])])
+        added = engine.add_embedded([(synthetic("excerpt.mp4", 7.0), excerpt)])
+        assert added == 1
+        answer = engine.query(copy, top_k=3, candidates=4)
+    expected = N_ORIGINALS + N_DISTRACTORS + 2
+    with SearchEngine(index_dir, writable=False) as reopened:
+        assert reopened.info()["videos"] == expected
+    assert {m.path for m in answer.matches[:2]} == {original, "/synthetic/excerpt.mp4"}, answer.matches
+
+
 def test_rerun_is_incremental_and_prune_follows_the_disk(collection, tmp_path, model_path):
     db = tmp_path / "db"
     db.mkdir()

@@ -75,3 +75,17 @@ def test_random_run_reports_chance(bench):
                                        "model": "m", "random_model": False, "date": "d", "machine": "2 cores"},
                               "runs": {"random": scored}})
     assert "expected mAP" in table and "| random |" in table
+
+
+def test_ablation_table_has_a_column_for_each_group_present():
+    def row(all_map, groups):
+        return {"mAP": all_map, "groups": {g: {"mAP": m} for g, m in groups.items()}}
+
+    meta = {"benchmark": "hard", "queries": 2, "database": 6, "database_audio_h": 0.0,
+            "model": "m", "random_model": False, "date": "d", "machine": "2 cores"}
+    ablation = {"mac": {"1000": row(0.5, {"hard": 0.4, "hard-speed": 0.6})},
+                "full": {"1000": row(0.7, {"hard": 0.65, "hard-speed": 0.75})}}
+    table = run_dev.markdown({"meta": meta, "ablation": ablation})
+    assert "| components | 1000 ms all | 1000 ms hard | 1000 ms hard-speed |" in table
+    assert "| full | 0.700 | 0.650 | 0.750 |" in table
+    assert "ms core" not in table and "ms speed" not in table
