@@ -25,13 +25,11 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
-from . import augment
+from . import augment, media_writer
 from .audio import SAMPLE_RATE, load_audio
 from .errors import InputError
 from .atomic import write_json_atomic
@@ -49,8 +47,6 @@ CONTAINERS = (
     (".mp3", "libmp3lame", None, 0.1),
     (".wav", "pcm_s16le", None, 0.07),
 )
-VIDEO_SIZE = 32
-VIDEO_FPS = 5
 
 FRAMES_PER_CELL = 11  # ≈ 128 ms of log-mel frames per coarse cell
 BANDS = 32  # the 128 mel bands averaged in groups of 4
@@ -505,43 +501,7 @@ def write_media(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: 
     data = np.asarray(samples, np.float32)[None]
     if channels == 2:
         data = np.concatenate([data, 0.8 * data]).astype(np.float32)
-    rates = av.Codec(codec, "w").audio_rates
-    rate = sample_rate if not rates or sample_rate in rates else min(r for r in rates if r >= sample_rate)
-    if rate != sample_rate:
-        data = np.stack([augment.resample(ch, sample_rate, rate) for ch in data])
-    layout = "stereo" if channels == 2 else "mono"
-    n = data.shape[1]
-    # bitexact: no random stream serials (Ogg) or segment UIDs (Matroska), so a seed gives the same bytes.
-    with av.open(os.fspath(path), mode="w", options={"fflags": "+bitexact"}) as out:
-        video = None
-        if video_codec:
-            video = out.add_stream(video_codec, rate=VIDEO_FPS)
-            video.width = video.height = VIDEO_SIZE
-            video.pix_fmt = "yuv420p"
-            video.codec_context.thread_count = 1
-        audio = out.add_stream(codec, rate=rate)
-        audio.layout = layout
-        # Faster encoder settings at the default bitrates: the container encode is not the test.
-        audio.options = {"aac": {"aac_coder": "fast"}, "libmp3lame": {"compression_level": "7"}}.get(codec, {})
-        n_frames = max(1, math.ceil(n / rate * VIDEO_FPS)) if video else 0
-        fed = 0
-        for index in range(n_frames + 1):
-            until = n if index == n_frames else min(n, round(index / VIDEO_FPS * rate))
-            while fed < until:
-                block = np.ascontiguousarray(data[:, fed : min(until, fed + 4096)])
-                frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-                frame.sample_rate, frame.pts, frame.time_base = rate, fed, Fraction(1, rate)
-                out.mux(audio.encode(frame))
-                fed += block.shape[1]
-            if video and index < n_frames:
-                y, x = np.mgrid[0:VIDEO_SIZE, 0:VIDEO_SIZE]
-                image = np.stack([(x * 8 + index * 10) % 256, (y * 8) % 256, np.full_like(x, index * 30 % 256)], -1)
-                picture = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
-                picture.pts, picture.time_base = index, Fraction(1, VIDEO_FPS)
-                out.mux(video.encode(picture))
-        out.mux(audio.encode(None))
-        if video:
-            out.mux(video.encode(None))
+    media_writer.write_media(path, data, sample_rate, codec=codec, video_codec=video_codec, deterministic=True)
 
 
 _WORKER_RECORDINGS: list[Recording] = []
