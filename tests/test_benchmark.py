@@ -138,3 +138,30 @@ def max_normalised_xcorr(a, b):
     running = np.concatenate([[0.0], np.cumsum(b.astype(np.float64) ** 2)])
     energy = running[len(a):] - running[: len(b) - len(a) + 1]
     return float(np.max(corr / np.sqrt(np.maximum(energy * np.sum(a**2), 1e-12))))
+
+
+@pytest.mark.slow
+def test_hard_mode_groups_embed_the_seed_and_change_time_only_in_hard_speed(sources, tmp_path):
+    out = tmp_path / "hard"
+    summary = benchmark.make_benchmark([sources], out, groups=3, seed=2, workers=1, mode="hard",
+                                       cache_dir=tmp_path / "cache")
+    groups, transforms, annotation = (load(out, n) for n in ["groups.json", "transforms.json", "annotation.json"])
+    assert sorted(groups.values()) == ["hard", "hard", "hard-speed"] and summary["mode"] == "hard"
+    time_steps = {"tempo", "speed", "pitch"}
+    for query_id, kind in groups.items():
+        query = transforms[query_id]
+        names = lambda video: {step["name"] for step in video["chain"]}  # noqa: E731
+        assert not names(query) & time_steps  # the query keeps its time scale
+        assert 5 <= query["span_s"][1] - query["span_s"][0] <= 12
+        for video_id in annotation[query_id]["DA"]:
+            video = transforms[video_id]
+            # every positive holds the whole seed, with context, from the same recording ...
+            assert video["source"] == query["source"]
+            assert video["span_s"][0] <= query["span_s"][0] and video["span_s"][1] >= query["span_s"][1]
+            # ... time-changed exactly in the hard-speed groups, and hard-mode degradations only
+            assert bool(names(video) & time_steps) == (kind == "hard-speed"), video["chain"]
+            assert names(video) - time_steps <= {"codec", "noise", "band", "rerecord", "mix", "babble",
+                                                 "embed_long", "container"}
+            assert len(names(video) - time_steps - {"embed_long", "container"}) >= 2
+    embedded = [v for v in transforms.values() if "embed_long" in {s["name"] for s in v["chain"]}]
+    assert embedded and all(60 <= v["duration_s"] <= 181 for v in embedded)
