@@ -501,7 +501,10 @@ def write_media(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: 
     data = np.asarray(samples, np.float32)[None]
     if channels == 2:
         data = np.concatenate([data, 0.8 * data]).astype(np.float32)
-    media_writer.write_media(path, data, sample_rate, codec=codec, video_codec=video_codec, deterministic=True)
+    rate = media_writer.encodable_rate(codec, sample_rate)
+    if rate != sample_rate:  # resampled here, not by the encoder, so the bytes do not depend on its resampler
+        data = np.stack([augment.resample(channel, sample_rate, rate) for channel in data])
+    media_writer.write_media(path, data, rate, codec=codec, video_codec=video_codec, deterministic=True, fast=True)
 
 
 _WORKER_RECORDINGS: list[Recording] = []

@@ -16,7 +16,6 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from .augment import resample
 
 AUDIO_CODEC_BY_EXTENSION = {
     ".wav": "pcm_s16le",
@@ -34,7 +33,7 @@ VIDEO_CODEC_BY_EXTENSION = {".mp4": "mpeg4", ".mov": "mpeg4", ".mkv": "libx264",
 VIDEO_SIZE = 32
 VIDEO_FPS = 5
 BLOCK_SAMPLES = 4096
-# Faster encoder settings at the default bitrates: none of our uses is a test of the encoder.
+# Faster encoder settings at the default bitrates (benchmark media: the encoder is not what is tested).
 FAST_OPTIONS = {"aac": {"aac_coder": "fast"}, "libmp3lame": {"compression_level": "7"}}
 
 
@@ -47,38 +46,37 @@ def write_media(
     bitrate: int | None = None,
     video_codec: str | None = None,
     deterministic: bool = False,
+    fast: bool = False,
 ) -> None:
     """Encode ``(channels, n)`` (or mono ``(n,)``) float32 samples into ``path``.
 
     The audio codec follows the extension unless given; a video stream is added when
-    ``video_codec`` is given. Codecs with a fixed set of rates (Opus) get the audio resampled to
-    the nearest allowed rate at or above ``sample_rate``, so content and duration are unchanged.
+    ``video_codec`` is given. Codecs with a fixed set of rates (Opus) encode at the nearest allowed
+    rate at or above ``sample_rate`` (the encoder resamples), so content and duration are unchanged.
+    ``fast`` picks quicker AAC/MP3 encoder settings.
     """
     data = np.atleast_2d(np.asarray(samples, dtype=np.float32))
     codec = codec or AUDIO_CODEC_BY_EXTENSION[_extension(path)]
-    rate = encodable_rate(codec, sample_rate)
-    if rate != sample_rate:
-        data = np.stack([resample(channel, sample_rate, rate) for channel in data])
     layout = av.AudioLayout(f"{data.shape[0]}c").name  # FFmpeg's default layout for that many channels
     n = data.shape[1]
     with av.open(os.fspath(path), mode="w", options={"fflags": "+bitexact"} if deterministic else {}) as container:
         video = add_video_stream(container, video_codec, deterministic) if video_codec else None
-        audio = container.add_stream(codec, rate=rate)
+        audio = container.add_stream(codec, rate=encodable_rate(codec, sample_rate))
         audio.layout = layout
         if bitrate:
             audio.bit_rate = bitrate
-        options = dict(FAST_OPTIONS.get(codec, {}))
+        options = dict(FAST_OPTIONS.get(codec, {})) if fast else {}
         if codec == "vorbis":  # FFmpeg's own Vorbis encoder is marked experimental
             options["strict"] = "experimental"
         audio.options = options
-        n_frames = max(1, math.ceil(n / rate * VIDEO_FPS)) if video else 0
+        n_frames = max(1, math.ceil(n / sample_rate * VIDEO_FPS)) if video else 0
         fed = 0
         for index in range(n_frames + 1):
-            until = n if index == n_frames else min(n, round(index / VIDEO_FPS * rate))
+            until = n if index == n_frames else min(n, round(index / VIDEO_FPS * sample_rate))
             while fed < until:
                 block = np.ascontiguousarray(data[:, fed : min(until, fed + BLOCK_SAMPLES)])
                 frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-                frame.sample_rate, frame.pts, frame.time_base = rate, fed, Fraction(1, rate)
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, fed, Fraction(1, sample_rate)
                 container.mux(audio.encode(frame))
                 fed += block.shape[1]
             if video and index < n_frames:

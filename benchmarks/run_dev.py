@@ -74,6 +74,13 @@ class Benchmark:
         # evaluate() wants the queries in the dataset too; they are never ranked against themselves.
         self.dataset_ids = self.database_ids + [e.video_id for e in self.queries if e.video_id not in set(self.database_ids)]
 
+    def key(self) -> str:
+        """Names this benchmark's videos, so cached features of two benchmarks never mix."""
+        import hashlib
+
+        listing = "".join(f"{e.video_id} {e.path}\n" for e in self.database + self.queries)
+        return hashlib.sha256(listing.encode()).hexdigest()[:8]
+
     def positives(self, query: str) -> set[str]:
         return set(self.annotation.get(query, {}).get("DA", [])) & set(self.database_ids)
 
@@ -313,7 +320,7 @@ def ablation_runs(bench: Benchmark, model, work: Path, steps: list[int], compone
         preset = FrontEnd.from_step_ms(step)
         frontend = FrontEnd.from_dict({**model.frontend.to_dict(), "step_frames": preset.step_frames,
                                        "window_frames": preset.window_frames})
-        features = (args.features_dir or work) / f"features-{backbone_key(model)}-{step}ms.h5"
+        features = (args.features_dir or work) / f"features-{bench.key()}-{backbone_key(model)}-{step}ms.h5"
         if not features.is_file():
             partial = features.with_suffix(".partial.h5")
             partial.unlink(missing_ok=True)
