@@ -77,11 +77,7 @@ def decode_audio(
     """
     if sample_rate <= 0 or chunk_samples <= 0:
         raise ValueError(f"sample_rate and chunk_samples must be positive, got {sample_rate}, {chunk_samples}")
-    container = _open_media(path)
-    if not container.streams.audio:
-        container.close()
-        raise InputError(f"{path}: no audio stream")
-    return _fixed_size_chunks(container, path, sample_rate, chunk_samples)
+    return _fixed_size_chunks(_open_audio(path), path, sample_rate, chunk_samples)
 
 
 def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -92,9 +88,7 @@ def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: in
     which suits callers that need some excerpt near a position, not a sample-exact one.
     """
     out = np.zeros(n_samples, np.float32)
-    with _open_media(path) as container:
-        if not container.streams.audio:
-            raise InputError(f"{path}: no audio stream")
+    with _open_audio(path) as container:
         stream = container.streams.audio[0]
         try:
             if start_s > 0 and stream.time_base:
@@ -122,6 +116,15 @@ def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: in
 def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The whole decode as one array; for short files and tests (a long file's decode is large)."""
     return np.concatenate(list(decode_audio(path, sample_rate)))
+
+
+def _open_audio(path: PathLike) -> av.container.InputContainer:
+    """`_open_media`, refusing a file without an audio stream."""
+    container = _open_media(path)
+    if not container.streams.audio:
+        container.close()
+        raise InputError(f"{path}: no audio stream")
+    return container
 
 
 def _open_media(path: PathLike) -> av.container.InputContainer:

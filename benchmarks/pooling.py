@@ -18,17 +18,16 @@ import h5py
 import numpy as np
 import torch
 
+from ausil_search.engine import pool_segments
 from ausil_search.model import AuSiLModel
 
 
 def pool(embedded: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "max":
-        g = embedded.max(0).values
-    elif how == "mean":
-        g = embedded.mean(0)
-    else:  # gem<p>, signed
-        p = float(how[3:])
-        g = embedded.clamp_min(0).pow(p).mean(0).pow(1 / p) - (-embedded).clamp_min(0).pow(p).mean(0).pow(1 / p)
+    """max and mean exactly as the engine pools; gem<p> (signed) as a candidate."""
+    if how in ("max", "mean"):
+        return torch.from_numpy(pool_segments(embedded, how))
+    p = float(how[3:])
+    g = embedded.clamp_min(0).pow(p).mean(0).pow(1 / p) - (-embedded).clamp_min(0).pow(p).mean(0).pow(1 / p)
     return g / g.norm().clamp_min(1e-12)
 
 

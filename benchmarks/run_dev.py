@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -76,8 +77,6 @@ class Benchmark:
 
     def key(self) -> str:
         """Names this benchmark's videos, so cached features of two benchmarks never mix."""
-        import hashlib
-
         listing = "".join(f"{e.video_id} {e.path}\n" for e in self.database + self.queries)
         return hashlib.sha256(listing.encode()).hexdigest()[:8]
 
@@ -298,8 +297,6 @@ class HDF5Source:
 
 def backbone_key(model) -> str:
     """Features depend on the backbone alone (not the head), so models sharing one share features."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.backbone.state_dict().items()):
         digest.update(name.encode())
@@ -465,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="Decoding processes for indexing/extraction.")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="Parallel fpcalc processes.")
     parser.add_argument("--features-dir", type=Path, default=None,
-                        help="Where --ablation keeps its HDF5 features, keyed by backbone (default: --work); "
+                        help="Where --ablation keeps its HDF5 features, keyed by benchmark and backbone (default: --work); "
                              "runs of models with the same backbone share them.")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (index, features, similarities); default BENCH_DIR/work.")
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
