@@ -488,6 +488,8 @@ def apply_step(samples: np.ndarray, sr: int, step: dict, rng: np.random.Generato
         return pitch_shift(samples, sr, step["semitones"])
     if name == "rerecord":
         return rerecord(samples, sr, step["rt60_s"], step["wet"], step["low_hz"], step["high_hz"], step["snr_db"], rng)
+    if name == "reverb":
+        return reverb(samples, sr, step["rt60_s"], step["wet"], rng)
     raise ValueError(f"unknown transform {name!r}")
 
 

@@ -7,17 +7,19 @@ unchanged, so the result is an ordinary model file and the official weights stil
 
 Recipe (SimCLR-style, on AuSiL's own descriptor):
 
-- Sample a recording (weighted by its duration, capped, so short clips and long tracks both appear;
-  no two items of a batch from one recording) and read a ``excerpt_s`` excerpt at a random time
-  (a container seek, so long files cost no more than short ones).
+- Sample recordings (weighted by duration, capped, so short clips and long tracks both appear) and
+  read up to ``excerpts_per_recording`` non-overlapping ``excerpt_s`` excerpts of each at random
+  times (a container seek, so long files cost no more than short ones). Excerpts of one recording
+  are each other's hardest negatives, unless their audio repeats (music loops), which is checked.
 - Make two views, each through its own random chain of the augmentations of
   :mod:`ausil_search.augment` that keep the excerpt's centre in place: speed change (resampling,
-  ±15 %), tempo change, pitch shift, echo, mixing with another item of the batch at a low level,
-  noise, band limits, resample round trips, gain, codec round trips. Speed and tempo changes scale
-  time about the start, which keeps the centre at the centre of the shorter or longer output.
+  ±15 %), tempo change, pitch shift, echo, room reverb, mixing under another recording (−10…+4 dB),
+  babble or noise (0–20 dB), band limits and low-pass, resampling to 8–22.05 kHz, gain, low-bitrate
+  codecs. Speed and tempo changes scale time about the start, which keeps the centre at the centre.
 - Log-mel of each view (the inference front-end, :func:`ausil_search.spectrogram.log_mel`), then its
   centre window of ``window_frames`` frames (optionally moved by up to ``max_shift_s / 2`` each way,
-  so the two windows are misaligned as a query's segments are against the database's).
+  so the two windows are misaligned as a query's segments are against the database's); some
+  windows are lowered as a quiet passage of a loud file is, or end early as a short clip does.
 - NT-Xent / InfoNCE over the L2-normalised 2528-d MAC descriptors of both views, in-batch negatives.
 - Adam with a short linear warm-up, BatchNorm in train mode (batch statistics); at the end the
   running statistics are recomputed as a plain average over a few fresh batches, the statistics
@@ -55,7 +57,7 @@ from .training import collect_media, read_checkpoint
 
 CHECKPOINT_FORMAT = "ausil-backbone-checkpoint/1"
 CHECKPOINT_FILE = "backbone-checkpoint.pt"
-RECIPE_VERSION = "contrastive-views/1"
+RECIPE_VERSION = "contrastive-views/2"
 _WEIGHT_CAP_S = 60.0  # a recording's sampling weight grows with its duration up to this
 
 
@@ -120,29 +122,48 @@ def _decoded_duration(path: Path) -> float:
 
 @dataclass(frozen=True)
 class ViewRecipe:
-    """How a pair of views is made; every probability is per view and independent."""
+    """How a batch's excerpts and their pairs of views are made; each probability is per view.
+
+    The ranges aim at what a re-upload goes through: lost top octaves (low-pass, 8–22 kHz
+    resampling, telephone band, low-bitrate codecs), rooms and echoes, noise and babble, mixing
+    under louder audio, passages much quieter than the file's peak, and clips shorter than a window.
+    """
 
     excerpt_s: float = 3.0
     max_shift_s: float = 0.0  # relative misalignment of the two centre windows, at most
-    p_clean: float = 0.15  # a view left untouched
+    excerpts_per_recording: int = 2  # non-overlapping excerpts of one recording in a batch: hard negatives
+    min_gap_s: float = 1.0  # between two excerpts of one recording
+    repeat_threshold: float = 0.6  # two excerpts of a recording this alike are a repeat, not a negative
+    p_clean: float = 0.1  # a view left untouched
     p_time: float = 0.5  # one of speed / tempo / pitch
     max_speed_change: float = 0.15  # speed and tempo factors in [1 - x, 1 + x]
     max_pitch_semitones: float = 4.0
-    p_echo: float = 0.2
+    p_echo: float = 0.15
+    p_reverb: float = 0.2
+    rt60_s: tuple[float, float] = (0.2, 1.2)
     p_mix: float = 0.3
-    mix_level_db: tuple[float, float] = (-20.0, -6.0)
+    mix_level_db: tuple[float, float] = (-10.0, 4.0)  # the other recording's level relative to ours
+    p_babble: float = 0.15
     p_noise: float = 0.3
-    noise_snr_db: tuple[float, float] = (0.0, 25.0)
-    p_band: float = 0.3
-    p_resample: float = 0.1
+    noise_snr_db: tuple[float, float] = (0.0, 20.0)
+    p_band: float = 0.35
+    lowpass_hz: tuple[float, float] = (3000.0, 11000.0)
+    p_resample: float = 0.25
     p_gain: float = 0.2
     p_codec: float = 0.4
+    codec_kbps: tuple[int, int] = (12, 48)
+    p_level: float = 0.25  # the window sits this far below the file's peak, as a quiet passage does
+    level_drop_db: tuple[float, float] = (6.0, 45.0)
+    p_cut: float = 0.1  # only the start of the window holds audio, as at the end of a short query
+    min_cut_fraction: float = 0.4
 
     def __post_init__(self) -> None:
-        if self.excerpt_s <= 0 or self.max_shift_s < 0:
-            raise ValueError("excerpt_s must be positive and max_shift_s non-negative")
+        if self.excerpt_s <= 0 or self.max_shift_s < 0 or self.min_gap_s < 0:
+            raise ValueError("excerpt_s must be positive, max_shift_s and min_gap_s non-negative")
         if not 0 <= self.max_speed_change < 0.5:
             raise ValueError(f"max_speed_change must be in [0, 0.5), got {self.max_speed_change}")
+        if self.excerpts_per_recording < 1:
+            raise ValueError("excerpts_per_recording must be at least 1")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "version": RECIPE_VERSION}
@@ -162,7 +183,11 @@ class ViewRecipe:
 
 
 def draw_view_chain(rng: np.random.Generator, recipe: ViewRecipe, n_others: int) -> list[dict]:
-    """A chain of :mod:`augment` steps (its log format, applied in stage order) that keeps the centre."""
+    """A chain of :mod:`augment` steps (its log format, applied in stage order) that keeps the centre.
+
+    Two steps act on the log-mel window instead of the waveform: ``level`` (a quiet passage of a
+    loud file) and ``cut`` (audio only at the window's start); :func:`view_window` applies them.
+    """
     if rng.random() < recipe.p_clean:
         return []
     chain: list[dict] = []
@@ -176,16 +201,23 @@ def draw_view_chain(rng: np.random.Generator, recipe: ViewRecipe, n_others: int)
     if rng.random() < recipe.p_echo:
         chain.append({"name": "echo", "delay_s": round(float(rng.uniform(0.06, 0.4)), 3),
                       "decay": round(float(rng.uniform(0.2, 0.6)), 3), "taps": int(rng.integers(1, 4))})
+    if rng.random() < recipe.p_reverb:
+        chain.append({"name": "reverb", "rt60_s": round(float(rng.uniform(*recipe.rt60_s)), 3),
+                      "wet": round(float(rng.uniform(0.2, 0.8)), 3)})
     if n_others and rng.random() < recipe.p_mix:
         chain.append({"name": "mix", "other": int(rng.integers(n_others)),
                       "level_db": round(float(rng.uniform(*recipe.mix_level_db)), 2),
                       "other_start_frac": round(float(rng.random()), 4)})
-    if rng.random() < recipe.p_noise:
+    if n_others >= 2 and rng.random() < recipe.p_babble:
+        talkers = rng.choice(n_others, min(n_others, int(rng.integers(2, 6))), replace=False)
+        chain.append({"name": "babble", "others": sorted(int(i) for i in talkers),
+                      "snr_db": round(float(rng.uniform(*recipe.noise_snr_db)), 2)})
+    elif rng.random() < recipe.p_noise:
         chain.append({"name": "noise", "snr_db": round(float(rng.uniform(*recipe.noise_snr_db)), 2),
                       "color": str(rng.choice(["white", "pink", "brown"]))})
     if rng.random() < recipe.p_band:
-        kind = str(rng.choice(["telephone", "lowpass", "highpass"]))
-        low, high = {"telephone": augment.TELEPHONE_BAND, "lowpass": (0.0, round(float(rng.uniform(2500, 8000)))),
+        kind = str(rng.choice(["telephone", "lowpass", "lowpass", "highpass"]))
+        low, high = {"telephone": augment.TELEPHONE_BAND, "lowpass": (0.0, round(float(rng.uniform(*recipe.lowpass_hz)))),
                      "highpass": (round(float(rng.uniform(150, 800))), None)}[kind]
         chain.append({"name": "band", "kind": kind, "low_hz": low, "high_hz": high})
     if rng.random() < recipe.p_resample:
@@ -194,39 +226,111 @@ def draw_view_chain(rng: np.random.Generator, recipe: ViewRecipe, n_others: int)
         chain.append({"name": "gain", "db": round(float(rng.choice([-1, 1]) * rng.uniform(3, 9)), 2)})
     if rng.random() < recipe.p_codec:
         codec = str(rng.choice(list(augment.CODECS)))
-        low, high = {"mp3": (32, 128), "aac": (24, 96), "opus": (12, 48)}[codec]
+        low = max(recipe.codec_kbps[0], 32 if codec == "mp3" else 0)  # LAME's floor at 44.1 kHz
+        high = max(low, recipe.codec_kbps[1])
         chain.append({"name": "codec", "codec": codec, "bitrate": int(rng.integers(low, high + 1)) * 1000})
+    if rng.random() < recipe.p_level:
+        chain.append({"name": "level", "drop_db": round(float(rng.uniform(*recipe.level_drop_db)), 2)})
+    if rng.random() < recipe.p_cut:
+        chain.append({"name": "cut", "keep": round(float(rng.uniform(recipe.min_cut_fraction, 1.0)), 3)})
     return chain
 
 
-def centre_window(samples: np.ndarray, frontend: FrontEnd, offset_frames: int = 0) -> np.ndarray:
-    """The log-mel window of ``window_frames`` frames centred on the signal's middle (+ offset)."""
+_WINDOW_STEPS = ("level", "cut")
+
+
+def centre_window(samples: np.ndarray, frontend: FrontEnd, offset_frames: int = 0,
+                  window_steps: Sequence[dict] = ()) -> np.ndarray:
+    """The log-mel window of ``window_frames`` frames centred on the signal's middle (+ offset).
+
+    ``window_steps`` (``level``, ``cut``) then change it as the front-end would have seen the audio
+    inside a louder file, or at the end of a clip that stops inside the window.
+    """
     logmel = log_mel(samples, frontend)
     width = frontend.window_frames
     window = np.full((width, frontend.n_mels), frontend.pad_value, np.float32)
     start = min(max(0, (len(logmel) - width) // 2 + offset_frames), max(0, len(logmel) - width))
     frames = logmel[start : start + width]
     window[: len(frames)] = frames
+    for step in window_steps:
+        if step["name"] == "level":  # the file's peak is drop_db above this audio: same floor, lower values
+            floor = np.float32(logmel.max() - frontend.top_db)
+            window[: len(frames)] = np.maximum(frames - np.float32(step["drop_db"]), floor)
+        elif step["name"] == "cut":
+            window[max(1, round(step["keep"] * width)) :] = frontend.pad_value
+        else:
+            raise ValueError(f"unknown window step {step['name']!r}")
     return window
 
 
+def plan_excerpts(corpus: AudioCorpus, recipe: ViewRecipe, rng: np.random.Generator,
+                  batch_size: int) -> list[tuple[int, float]]:
+    """(recording, start second) for each item of a batch.
+
+    Up to ``excerpts_per_recording`` excerpts come from one recording, never overlapping and at
+    least ``min_gap_s`` apart, so the model must tell parts of one recording apart; recordings too
+    short for several give one. Recordings are drawn by duration-capped weight, without replacement.
+    """
+    if batch_size > len(corpus):
+        raise AusilError(f"--batch {batch_size} is larger than the number of recordings ({len(corpus)})")
+    length, gap = recipe.excerpt_s, recipe.min_gap_s
+    order = rng.choice(len(corpus), size=batch_size, replace=False, p=corpus.weights())
+    plan: list[tuple[int, float]] = []
+    for item in order:
+        room = batch_size - len(plan)
+        if room == 0:
+            break
+        duration = corpus.durations[item]
+        fits = int((duration + gap) // (length + gap)) if duration > length else 1
+        count = max(1, min(recipe.excerpts_per_recording, fits, room))
+        slack = max(0.0, duration - count * length - (count - 1) * gap)
+        offsets = np.sort(rng.uniform(0, slack, count)) if slack > 0 else np.zeros(count)
+        plan.extend((int(item), float(offset + k * (length + gap))) for k, offset in enumerate(offsets))
+    return plan
+
+
+def repeat_correlation(a: np.ndarray, b: np.ndarray, min_overlap: int) -> float:
+    """Highest correlation of two log-mel excerpts' band envelopes over time lags of ``min_overlap``+ frames.
+
+    Game and pop music loop: two excerpts of one recording may hold the same bars at another phase,
+    and such a pair must not be pushed apart as a negative. Each band's mean is removed, so a shared
+    timbre alone does not count; the same notes at the same times do.
+    """
+    best = -1.0
+    n = min(len(a), len(b))
+    for lag in range(-(n - min_overlap), n - min_overlap + 1):
+        x = a[max(0, lag) : n + min(0, lag)]
+        y = b[max(0, -lag) : n - max(0, lag)]
+        x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+        denominator = np.sqrt(float((x * x).sum()) * float((y * y).sum()))
+        if denominator > 0:
+            best = max(best, float((x * y).sum()) / denominator)
+    return best
+
+
+@dataclass
+class ViewBatch:
+    """Two views of each item (``views``: (2, B, T, n_mels)) and the item pairs that are no negatives."""
+
+    views: np.ndarray
+    not_negative: np.ndarray  # (B, B) bool: excerpts of one recording that repeat each other
+    recordings: np.ndarray  # (B,) the recording of each item
+
+
 def make_view_batch(corpus: AudioCorpus, recipe: ViewRecipe, frontend: FrontEnd, seed: int, index: int,
-                    batch_size: int, stream: int = 0) -> np.ndarray:
-    """Batch ``index`` of the run with ``seed``: (2, batch_size, window_frames, n_mels) float32.
+                    batch_size: int, stream: int = 0) -> ViewBatch:
+    """Batch ``index`` of the run with ``seed``; a pure function of its arguments.
 
     Row i of both halves holds the two views of item i. ``stream`` separates independent series
     (0 training, 1 BatchNorm recalibration) of the same run.
     """
-    if batch_size > len(corpus):
-        raise AusilError(f"--batch {batch_size} is larger than the number of recordings ({len(corpus)})")
     rng = np.random.default_rng([seed, stream, index])
     rate = frontend.sample_rate
     n_samples = round(recipe.excerpt_s * rate)
-    chosen = rng.choice(len(corpus), size=batch_size, replace=False, p=corpus.weights())
+    plan = plan_excerpts(corpus, recipe, rng, batch_size)
     excerpts = []
-    for item in chosen:
+    for item, start_s in plan:
         duration = corpus.durations[item]
-        start_s = float(rng.uniform(0, duration - recipe.excerpt_s)) if duration > recipe.excerpt_s else 0.0
         try:
             excerpt = read_excerpt(corpus.paths[item], start_s, n_samples, rate)
         except InputError:  # a file that went bad since the corpus was listed: silence, not a dead run
@@ -235,16 +339,28 @@ def make_view_batch(corpus: AudioCorpus, recipe: ViewRecipe, frontend: FrontEnd,
             used = min(n_samples, round(duration * rate))
             excerpt = np.roll(excerpt, (n_samples - used) // 2)
         excerpts.append(excerpt)
+    recordings = np.array([item for item, _ in plan])
+    not_negative = np.zeros((batch_size, batch_size), bool)
+    clean = {}
+    for i in range(batch_size):
+        for j in range(i + 1, batch_size):
+            if recordings[i] == recordings[j]:
+                for k in (i, j):
+                    if k not in clean:
+                        clean[k] = log_mel(excerpts[k], frontend)
+                alike = repeat_correlation(clean[i], clean[j], frontend.window_frames // 2) > recipe.repeat_threshold
+                not_negative[i, j] = not_negative[j, i] = alike
     half_shift = round(recipe.max_shift_s / 2 * rate / frontend.hop_length)
     views = np.empty((2, batch_size, frontend.window_frames, frontend.n_mels), np.float32)
     for i, excerpt in enumerate(excerpts):
-        others = [e for j, e in enumerate(excerpts) if j != i]
+        others = [e for j, e in enumerate(excerpts) if recordings[j] != recordings[i]]
         for v in range(2):
             chain = draw_view_chain(rng, recipe, len(others))
-            view = augment.apply_chain(excerpt, rate, chain, rng, others) if chain else excerpt
+            audio_steps = [step for step in chain if step["name"] not in _WINDOW_STEPS]
+            view = augment.apply_chain(excerpt, rate, audio_steps, rng, others) if audio_steps else excerpt
             offset = int(rng.integers(-half_shift, half_shift + 1)) if half_shift else 0
-            views[v, i] = centre_window(view, frontend, offset)
-    return views
+            views[v, i] = centre_window(view, frontend, offset, [s for s in chain if s["name"] in _WINDOW_STEPS])
+    return ViewBatch(views, not_negative, recordings)
 
 
 _WORKER_ARGS: tuple | None = None
@@ -257,12 +373,12 @@ def _worker_init(args: tuple) -> None:
     _WORKER_ARGS = args
 
 
-def _batch_of(args: tuple, index: int, stream: int) -> np.ndarray:
+def _batch_of(args: tuple, index: int, stream: int) -> ViewBatch:
     corpus, recipe, frontend, seed, batch_size = args
     return make_view_batch(corpus, recipe, frontend, seed, index, batch_size, stream)
 
 
-def _worker_batch(index: int, stream: int) -> np.ndarray:
+def _worker_batch(index: int, stream: int) -> ViewBatch:
     return _batch_of(_WORKER_ARGS, index, stream)
 
 
@@ -277,7 +393,7 @@ class ViewBatches:
         self.prefetch = prefetch or 2 * max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
 
-    def iterate(self, first: int, stop: int, stream: int = 0) -> Iterator[np.ndarray]:
+    def iterate(self, first: int, stop: int, stream: int = 0) -> Iterator[ViewBatch]:
         if self.workers == 0:
             for index in range(first, stop):
                 yield _batch_of(self.args, index, stream)
@@ -314,15 +430,20 @@ class ViewBatches:
 # --------------------------------------------------------------------------- loss and training
 
 
-def nt_xent(first: Tensor, second: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def nt_xent(first: Tensor, second: Tensor, temperature: float,
+            not_negative: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """InfoNCE over 2B descriptors: each view must pick its partner among the other 2B − 1.
 
-    Returns the mean loss and the fraction of views whose nearest other view is their partner.
+    ``not_negative`` (B, B, bool) takes item pairs out of each other's negatives (repeats within a
+    recording). Returns the mean loss and the fraction of views whose nearest other view is their partner.
     """
     n = len(first)
     z = F.normalize(torch.cat([first, second]), dim=1)
     logits = (z @ z.T) / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    excluded = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    if not_negative is not None:
+        excluded = excluded | not_negative.to(z.device).repeat(2, 2)
+    logits = logits.masked_fill(excluded, float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     loss = F.cross_entropy(logits, targets)
     accuracy = (logits.argmax(dim=1) == targets).float().mean()
@@ -406,16 +527,17 @@ class BackboneTrainer:
         self.history: list[StepRecord] = []
         self.elapsed_s = 0.0
 
-    def train_step(self, views: np.ndarray) -> StepRecord:
+    def train_step(self, batch: ViewBatch) -> StepRecord:
         started = time.perf_counter()
         self.backbone.train()
-        batch = views.shape[1]
-        x = _as_input(views, self.device)
+        size = batch.views.shape[1]
+        x = _as_input(batch.views, self.device)
         lr = self.config.learning_rate(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         descriptors = self.backbone(x)
-        loss, accuracy = nt_xent(descriptors[:batch], descriptors[batch:], self.config.temperature)
+        loss, accuracy = nt_xent(descriptors[:size], descriptors[size:], self.config.temperature,
+                                 torch.from_numpy(batch.not_negative))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -436,8 +558,8 @@ class BackboneTrainer:
             previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
             waited_from = time.perf_counter()
-            for views in self.batches.iterate(self.step, self.config.steps):
-                record = self.train_step(views)
+            for batch in self.batches.iterate(self.step, self.config.steps):
+                record = self.train_step(batch)
                 record.seconds = time.perf_counter() - waited_from
                 self.elapsed_s += record.seconds
                 waited_from = time.perf_counter()
@@ -463,8 +585,8 @@ class BackboneTrainer:
             norm.momentum = None  # cumulative average
         self.backbone.train()
         with torch.no_grad():
-            for views in self.batches.iterate(0, self.config.calibration_batches, stream=1):
-                self.backbone(_as_input(views, self.device))
+            for batch in self.batches.iterate(0, self.config.calibration_batches, stream=1):
+                self.backbone(_as_input(batch.views, self.device))
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
         self.backbone.eval()

@@ -598,7 +598,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
               help="Start from this model's backbone (file or 'official'); default: the seeded random initialisation.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(min=2), default=32, show_default=True,
-              help="Recordings per step (two views each; the other 2B−2 views are the negatives).")
+              help="Excerpts per step (two views each; the other 2B−2 views are the negatives).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="Adam learning rate.")
 @click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=50, show_default=True,
               help="Steps of linear learning-rate warm-up.")
@@ -609,6 +609,8 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
               help="Audio read per item; the centre window (~2 s) of each view is trained on.")
 @click.option("--max-shift", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds by which the two views' windows may be misaligned (query vs database segment grid).")
+@click.option("--excerpts-per-recording", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Non-overlapping excerpts of one recording in a batch, negatives of each other (1: none).")
 @click.option("--calibration-batches", type=click.IntRange(min=1), default=8, show_default=True,
               help="Batches over which BatchNorm statistics are recomputed at the end.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
@@ -622,14 +624,16 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, excerpt_seconds,
-                   max_shift, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed, name, device,
+                   max_shift, excerpts_per_recording, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed, name, device,
                    float16, as_json):
     """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
 
     \b
-    SOURCES: folders, media files, or .txt path lists. Each step takes BATCH recordings, makes two
-    augmented views of an excerpt of each (speed/tempo/pitch, echo, mixing, noise, band limits,
-    codecs), and trains the 2528-d segment descriptors of the views to find each other (NT-Xent).
+    SOURCES: folders, media files, or .txt path lists. Each step takes BATCH excerpts (up to
+    --excerpts-per-recording non-overlapping ones per recording), makes two augmented views of each
+    (speed/tempo/pitch, echo and reverb, mixing, babble and noise, band limits and resampling, codecs,
+    quiet passages, short clips), and trains the 2528-d segment descriptors of the views to find
+    each other among all the others (NT-Xent).
     The architecture is unchanged; the head of the written model is the identity (fit or train it
     afterwards with `fit-whitening` / `train`). With --checkpoint-dir, Ctrl-C saves the run and
     --resume continues it exactly. Writes OUTPUT and OUTPUT's .report.json.
@@ -643,7 +647,8 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                  decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
-                                 recipe=ViewRecipe(excerpt_s=excerpt_seconds, max_shift_s=max_shift))
+                                 recipe=ViewRecipe(excerpt_s=excerpt_seconds, max_shift_s=max_shift,
+                                                   excerpts_per_recording=excerpts_per_recording))
     job = BackboneTrainingJob(sources=list(sources), config=config, checkpoint_dir=checkpoint_dir, resume=resume,
                               device=device, workers=workers)
     bar = progress_bar(total=steps, desc="train-backbone", unit="step")

@@ -1,13 +1,18 @@
-"""The dev benchmark: game music, sound effects and speech from Debian packages, split by file.
+"""The dev benchmark and the training audio: game music, sound effects and speech from Debian packages.
 
-    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium|hard]
+    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium|hard] [--split-only]
 
-Installs the packages (with --install; needs root and apt), lists their audio files (dpkg -L; the
-UFO:AI music is inside a .pk3 zip and is extracted), and splits recordings by a hash of the file
-name into a ``dev`` half (benchmark sources) and a ``train`` half (training sources). Writes
-``OUT/sources/{dev,train}.txt`` and builds ``OUT/small`` (50 groups), ``OUT/medium`` (150 groups) and
-``OUT/hard`` (30 groups of the generator's hard mode)
-with ``ausil-search bench make``. Nothing here is committed; OUT is git-ignored.
+Installs the packages (with --install; needs root and apt), lists their audio files (dpkg -L; audio
+inside .pk3/.zip game archives is extracted), and splits recordings by a hash of the file name into
+a ``dev`` half and a ``train`` half. The benchmarks are built from the dev half of the six
+``BENCHMARK_PACKAGES`` only, so they stay the same as more training audio is added; the dev half of
+the ``TRAINING_PACKAGES`` is held out (``heldout.txt``), never trained or tuned on. From the
+training packages, sound effects shorter than 20 s are skipped (speech prompts are kept).
+
+Writes ``OUT/sources/{dev,train,heldout}.txt`` and ``OUT/sources/hours.json`` (files and hours per
+package and half), and builds ``OUT/small`` (50 groups), ``OUT/medium`` (150 groups) and
+``OUT/hard`` (30 groups of the generator's hard mode) with ``ausil-search bench make``.
+Nothing here is committed; OUT is git-ignored.
 """
 
 from __future__ import annotations
@@ -23,9 +28,20 @@ from pathlib import Path
 
 import av
 
-PACKAGES = ["wesnoth-1.16-music", "ufoai-music", "warzone2100-music", "planetblupi-music-ogg",
-            "colobot-common-sounds", "asterisk-core-sounds-en-wav"]
-AUDIO = (".ogg", ".opus", ".wav", ".mp3", ".flac")
+BENCHMARK_PACKAGES = ["wesnoth-1.16-music", "ufoai-music", "warzone2100-music", "planetblupi-music-ogg",
+                      "colobot-common-sounds", "asterisk-core-sounds-en-wav"]
+TRAINING_PACKAGES = [
+    "supertux-data", "supertuxkart-data", "megaglest-data", "hedgewars-data", "freedroidrpg-data", "naev-data",
+    "widelands-data", "freeorion-data", "flare-game", "trigger-rally-data", "marsshooter-data", "ri-li-data",
+    "boswars-data", "lincity-ng-data", "neverball-data", "xmoto-data", "scorched3d-data", "extremetuxracer-data",
+    "lugaru-data", "openarena-data", "redeclipse-data", "asterisk-moh-opsound-wav", "asterisk-prompt-es-co",
+    "asterisk-prompt-it-menardi-wav",
+]
+SPEECH_PACKAGES = {"asterisk-prompt-es-co", "asterisk-prompt-it-menardi-wav"}  # short by nature: kept whole
+MIN_EFFECT_SECONDS = 20.0  # shorter files of the other training packages are sound effects
+PACKAGES = BENCHMARK_PACKAGES + TRAINING_PACKAGES
+AUDIO = (".ogg", ".opus", ".wav", ".mp3", ".flac", ".gsm")
+ARCHIVES = (".pk3", ".zip")
 # name -> (groups, generator mode)
 BENCHMARKS = {"small": (50, "normal"), "medium": (150, "normal"), "hard": (30, "hard")}
 
@@ -33,7 +49,7 @@ BENCHMARKS = {"small": (50, "normal"), "medium": (150, "normal"), "hard": (30, "
 def package_files(package: str, extract_dir: Path) -> list[Path]:
     listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True).stdout.split("\n")
     files = [Path(p) for p in listed if p.lower().endswith(AUDIO) and Path(p).is_file()]
-    for archive in (Path(p) for p in listed if p.endswith(".pk3") and Path(p).is_file()):
+    for archive in (Path(p) for p in listed if p.lower().endswith(ARCHIVES) and Path(p).is_file()):
         with zipfile.ZipFile(archive) as pk3:
             for name in sorted(n for n in pk3.namelist() if n.lower().endswith(AUDIO)):
                 target = extract_dir / package / name
@@ -74,23 +90,30 @@ def main() -> None:
     out = args.out.resolve()
     sources = out / "sources"
     sources.mkdir(parents=True, exist_ok=True)
-    split: dict[str, list[Path]] = {"dev": [], "train": []}
+    lists: dict[str, list[Path]] = {"dev": [], "train": [], "heldout": []}
     stats: dict[str, dict] = {}
     for package in PACKAGES:
         for path in package_files(package, sources / "extracted"):
             extracted = path.is_relative_to(sources / "extracted")
             which = half(path.relative_to(sources / "extracted") if extracted else path)
-            split[which].append(path)
             seconds = duration_s(path)
+            if package in TRAINING_PACKAGES:
+                if seconds <= 0 or (package not in SPEECH_PACKAGES and seconds < MIN_EFFECT_SECONDS):
+                    continue
+                which = "heldout" if which == "dev" else which
+            lists[which].append(path)
             entry = stats.setdefault(which, {}).setdefault(package, {"files": 0, "hours": 0.0})
             entry["files"] += 1
             entry["hours"] += seconds / 3600
-    for which, paths in split.items():
+    for which, paths in lists.items():
         (sources / f"{which}.txt").write_text("".join(f"{p}\n" for p in sorted(paths)))
-        total_hours = sum(e["hours"] for e in stats[which].values())
+        total_hours = sum(e["hours"] for e in stats.get(which, {}).values())
         print(f"{which}: {len(paths)} files, {total_hours:.2f} h  → {sources / f'{which}.txt'}")
-        for package, entry in sorted(stats[which].items()):
-            print(f"    {package:30s} {entry['files']:4d} files {entry['hours']:6.2f} h")
+        for package, entry in sorted(stats.get(which, {}).items()):
+            print(f"    {package:32s} {entry['files']:5d} files {entry['hours']:6.2f} h")
+    (sources / "hours.json").write_text(json.dumps(
+        {which: {p: {"files": e["files"], "hours": round(e["hours"], 3)} for p, e in sorted(by.items())}
+         for which, by in stats.items()}, indent=1) + "\n")
     if args.split_only:
         return
     for name in args.only or list(BENCHMARKS):

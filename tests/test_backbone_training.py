@@ -22,15 +22,18 @@ from ausil_search.backbone_training import (
     BackboneTrainingJob,
     ViewBatches,
     ViewRecipe,
+    centre_window,
     draw_view_chain,
     make_view_batch,
     nt_xent,
+    plan_excerpts,
+    repeat_correlation,
     train_backbone,
 )
 from ausil_search.cli import cli
 from ausil_search.errors import AusilError
 from ausil_search.model import AuSiLModel
-from ausil_search.spectrogram import FrontEnd
+from ausil_search.spectrogram import FrontEnd, log_mel
 
 RATE = 44100
 FRONTEND = FrontEnd()
@@ -57,10 +60,10 @@ def test_view_batches_are_a_function_of_seed_and_index(media_dir):
     corpus = AudioCorpus.from_sources([media_dir])
     assert len(corpus) == 5  # the .bak file is not media
     recipe = ViewRecipe(excerpt_s=2.6)
-    first = make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3)
+    first = make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3).views
     assert first.shape == (2, 3, FRONTEND.window_frames, FRONTEND.n_mels) and np.isfinite(first).all()
-    np.testing.assert_array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3))
-    assert not np.array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=5, batch_size=3))
+    np.testing.assert_array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=4, batch_size=3).views)
+    assert not np.array_equal(first, make_view_batch(corpus, recipe, FRONTEND, seed=1, index=5, batch_size=3).views)
     with pytest.raises(AusilError, match="larger than the number of recordings"):
         make_view_batch(corpus, recipe, FRONTEND, seed=1, index=0, batch_size=6)
     with pytest.raises(AusilError, match="too short"):
@@ -72,11 +75,103 @@ def test_view_chains_keep_the_centre(media_dir):
     rng = np.random.default_rng(0)
     chains = [draw_view_chain(rng, ViewRecipe(), n_others=3) for _ in range(300)]
     names = {step["name"] for chain in chains for step in chain}
-    assert names <= {"speed", "tempo", "pitch", "echo", "mix", "noise", "band", "resample", "gain", "codec"}
-    assert {"speed", "tempo", "pitch", "codec", "mix"} <= names
+    assert names == {"speed", "tempo", "pitch", "echo", "reverb", "mix", "babble", "noise", "band", "resample", "gain",
+                     "codec", "level", "cut"}
     factors = [s["factor"] for c in chains for s in c if s["name"] in ("speed", "tempo")]
     assert min(factors) >= 0.85 and max(factors) <= 1.15
     assert any(chain == [] for chain in chains)
+
+
+@pytest.fixture(scope="module")
+def long_media(tmp_path_factory):
+    """Three long recordings: two of varied notes, one a 3.5-s bar looped six times (game-music style)."""
+    folder = tmp_path_factory.mktemp("long")
+    write_audio_file(folder / "varied-a.flac", synth_music(22, RATE, seed=7), RATE)
+    write_audio_file(folder / "varied-b.ogg", synth_music(20, RATE, seed=8), RATE)
+    write_audio_file(folder / "loop.flac", np.tile(synth_music(3.5, RATE, seed=9), 6), RATE)
+    return folder
+
+
+def test_excerpts_of_one_recording_in_a_batch_never_overlap(long_media):
+    corpus = AudioCorpus.from_sources([long_media])
+    recipe = ViewRecipe(excerpt_s=3.0, excerpts_per_recording=3, min_gap_s=1.0)
+    shared = 0
+    for index in range(200):
+        plan = plan_excerpts(corpus, recipe, np.random.default_rng([0, 0, index]), batch_size=3)
+        assert len(plan) == 3
+        for item, start in plan:
+            assert 0 <= start <= corpus.durations[item] - recipe.excerpt_s
+        for i, (item_a, start_a) in enumerate(plan):
+            for item_b, start_b in plan[i + 1 :]:
+                if item_a == item_b:
+                    shared += 1
+                    assert abs(start_a - start_b) >= recipe.excerpt_s + recipe.min_gap_s - 1e-9
+    assert shared >= 200  # most batches are one recording's three excerpts
+    single = ViewRecipe(excerpt_s=3.0, excerpts_per_recording=1)
+    plan = plan_excerpts(corpus, single, np.random.default_rng(0), batch_size=3)
+    assert sorted(item for item, _ in plan) == [0, 1, 2]
+
+
+def test_looped_bars_are_not_negatives_but_other_parts_are(long_media):
+    corpus = AudioCorpus.from_sources([long_media])
+    loop = corpus.paths.index(str(long_media / "loop.flac"))
+    recipe = ViewRecipe(excerpt_s=3.0, p_clean=1.0)  # clean views: only the pairing is under test
+    seen = {True: 0, False: 0}
+    for index in range(12):
+        batch = make_view_batch(corpus, recipe, FRONTEND, seed=3, index=index, batch_size=2)
+        if batch.recordings[0] == batch.recordings[1]:
+            expected = bool(batch.recordings[0] == loop)
+            assert bool(batch.not_negative[0, 1]) == expected, (index, batch.recordings)
+            seen[expected] += 1
+    assert seen[True] and seen[False]
+
+
+def test_repeat_correlation_finds_a_shifted_repeat_only():
+    rng_signal = synth_music(6, RATE, seed=11)[0]
+    a = log_mel(rng_signal[: 3 * RATE], FRONTEND)
+    b = log_mel(rng_signal[RATE // 2 : RATE // 2 + 3 * RATE], FRONTEND)  # the same notes, 0.5 s later
+    other = log_mel(synth_music(3, RATE, seed=12)[0], FRONTEND)
+    assert repeat_correlation(a, b, FRONTEND.window_frames // 2) > 0.9
+    assert repeat_correlation(a, other, FRONTEND.window_frames // 2) < 0.5
+
+
+def test_level_view_matches_a_quiet_passage_of_a_louder_file():
+    """The ``level`` window equals what the front-end computes for the same audio inside a file
+    whose peak is ``drop_db`` higher (away from the join)."""
+    excerpt = synth_music(3, RATE, seed=13)[0]
+    drop = 30.0
+    whole = np.concatenate([excerpt * np.float32(10 ** (-drop / 20)), excerpt])
+    inside = log_mel(whole, FRONTEND)[: len(log_mel(excerpt, FRONTEND))]
+    window = centre_window(excerpt, FRONTEND, window_steps=[{"name": "level", "drop_db": drop}])
+    start = (len(inside) - FRONTEND.window_frames) // 2
+    expected = inside[start : start + FRONTEND.window_frames]
+    # Frames that do not reach across the join, bands above the lowest two (the mean removal differs
+    # there); the file's peak differs a little from the excerpt's, a constant offset in dB.
+    difference = (window - expected)[: FRONTEND.window_frames - 8, 2:]
+    assert abs(np.median(difference)) < 0.5
+    assert np.quantile(np.abs(difference - np.median(difference)), 0.99) < 0.5
+    assert np.abs(window - centre_window(excerpt, FRONTEND)).max() > drop - 1
+
+
+def test_cut_view_pads_the_end_of_the_window_as_a_short_query_is_padded():
+    excerpt = synth_music(3, RATE, seed=14)[0]
+    full = centre_window(excerpt, FRONTEND)
+    cut = centre_window(excerpt, FRONTEND, window_steps=[{"name": "cut", "keep": 0.5}])
+    keep = round(0.5 * FRONTEND.window_frames)
+    np.testing.assert_array_equal(cut[:keep], full[:keep])
+    assert (cut[keep:] == FRONTEND.pad_value).all()
+
+
+def test_repeats_are_taken_out_of_the_negatives():
+    torch.manual_seed(0)
+    z = torch.randn(4, 16)
+    z[1] = z[0] + 0.01 * torch.randn(16)  # items 0 and 1: the same bars of a loop
+    second = z + 0.01 * torch.randn(4, 16)
+    confused, _ = nt_xent(z, second, 0.1)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 0] = True
+    masked, accuracy = nt_xent(z, second, 0.1, mask)
+    assert masked < confused - 0.3 and accuracy == 1.0
 
 
 def test_nt_xent_prefers_matching_partners():
