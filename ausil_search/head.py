@@ -48,6 +48,26 @@ def chamfer(sim_map: Tensor) -> Tensor:
     return sim_map.amax(dim=-1).mean(dim=-1)
 
 
+def masked_chamfer(maps: Tensor, widths: Tensor, heights: Tensor | None = None) -> Tensor:
+    """Chamfer of each (B, H, W) batch item over its valid cells: columns < width, rows < height.
+
+    Without ``heights`` every row is valid and the mean is the plain one of :func:`chamfer`.
+    """
+    columns = torch.arange(maps.shape[-1], device=maps.device)
+    row_max = maps.masked_fill(columns[None, None, :] >= widths[:, None, None], float("-inf")).amax(dim=-1)
+    if heights is None:
+        return row_max.mean(dim=-1)
+    rows_valid = torch.arange(maps.shape[-2], device=maps.device)[None, :] < heights[:, None]
+    return row_max.masked_fill(~rows_valid, 0).sum(-1) / rows_valid.sum(-1)
+
+
+def valid_cells(shape: torch.Size, heights: Tensor, widths: Tensor) -> Tensor:
+    """(B, H, W) mask of the cells inside each item's (height, width)."""
+    rows = torch.arange(shape[-2], device=heights.device)
+    columns = torch.arange(shape[-1], device=heights.device)
+    return (rows[None, :, None] < heights[:, None, None]) & (columns[None, None, :] < widths[:, None, None])
+
+
 def _replicate_past_width(x: Tensor, widths: Tensor) -> Tensor:
     """Overwrite every column at or past each item's valid width with its last valid column.
 
@@ -68,11 +88,13 @@ class VideoComparator(nn.Module):
         self.conv3 = nn.Conv2d(64, 128, 3)
         self.fconv = nn.Conv2d(128, 1, 1)
 
-    def forward(self, sim: Tensor, widths: Tensor | None = None, clip: bool = True) -> tuple[Tensor, Tensor]:
-        """(B, H, W) similarity matrices -> ((B, H', W') maps, (B,) valid map widths).
+    def forward(self, sim: Tensor, widths: Tensor | None = None, clip: bool = True,
+                heights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(B, H, W) similarity matrices -> ((B, H', W') maps, (B,) valid widths, (B,) valid heights).
 
-        `widths` are the true widths of right-padded items, whose padding must replicate their
-        last real column; map columns at or past an item's returned width are meaningless.
+        `widths` (`heights`) are the true widths (heights) of items padded at the right (bottom),
+        whose padding must replicate their last real column (row); map cells past an item's
+        returned width or height are meaningless. Without `heights` every row is real.
         """
         if widths is None:
             widths = torch.full((sim.shape[0],), sim.shape[-1], device=sim.device)
@@ -81,9 +103,12 @@ class VideoComparator(nn.Module):
             x = F.max_pool2d(F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))), 2)
             widths = widths // 2
             x = _replicate_past_width(x, widths)
+            if heights is not None:
+                heights = heights // 2
+                x = _replicate_past_width(x.transpose(-1, -2), heights).transpose(-1, -2)
         x = self.fconv(F.relu(self.conv3(F.pad(x, (1, 1, 1, 1), mode="replicate"))))
         x = x.squeeze(1)
-        return (x.clamp(-1.0, 1.0) if clip else x), widths
+        return (x.clamp(-1.0, 1.0) if clip else x), widths, heights
 
     def reset_keras_style(self, generator: torch.Generator | None = None) -> None:
         """Glorot-uniform kernels and zero biases, as Keras initialises a fresh Conv2D."""
@@ -143,9 +168,17 @@ class AuSiLHead(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """(N, dim) backbone descriptors -> (N, dim) embedded segments."""
+        return self.attend(self.whiten(x))
+
+    def whiten(self, x: Tensor) -> Tensor:
+        """L2-normalised, then PCA-whitened and L2-normalised again (when whitening is on)."""
         x = l2_normalize(x)
         if self.use_whitening:
             x = l2_normalize((x - self.pca_mean) @ self.pca_weights)
+        return x
+
+    def attend(self, x: Tensor) -> Tensor:
+        """Each whitened segment weighted by its attention ``(x·c)/2 + 0.5`` (when attention is on)."""
         if self.use_attention:
             x = x * ((x @ self.context) / 2 + 0.5).unsqueeze(-1)
         return x
@@ -156,7 +189,7 @@ class AuSiLHead(nn.Module):
             raise ValueError(
                 f"the comparator needs >= {MIN_COMPARATOR_SEGMENTS} segments a side, got {len(q)} x {len(p)}"
             )
-        sim_map, _ = self.comparator((q @ p.T).unsqueeze(0), clip=clip)
+        sim_map, _, _ = self.comparator((q @ p.T).unsqueeze(0), clip=clip)
         return sim_map[0]
 
     def similarity_map(self, q: Tensor, p: Tensor) -> Tensor:
@@ -206,9 +239,33 @@ class AuSiLHead(nn.Module):
         index = offsets[:, None] + torch.minimum(columns[None, :], widths[:, None] - 1)
         sim = (q @ torch.cat(candidates).T)[:, index].permute(1, 0, 2)
         if self.use_comparator:
-            sim, widths = self.comparator(sim, widths)
-        valid = torch.arange(sim.shape[-1], device=q.device)[None, :] < widths[:, None]
-        return chamfer(sim.masked_fill(~valid[:, None, :], float("-inf")))
+            sim, widths, _ = self.comparator(sim, widths)
+        return masked_chamfer(sim, widths)
+
+    def compare_pairs(self, queries: Sequence[Tensor], databases: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Similarity maps of many (query, database) pairs of embedded videos, any sizes, in one batch.
+
+        Returns the (B, H', W') maps *before* the hard tanh (training regularises what leaves
+        [-1, 1]) and their (B, H', W') validity mask. Each similarity matrix is padded to the
+        batch's size by repeating its last row and column, and the comparator keeps padding that
+        way after each pooling, so every item's valid cells equal those of running it alone.
+        Without a comparator the maps are the raw similarity matrices.
+        """
+        heights = torch.tensor([len(q) for q in queries], device=queries[0].device)
+        widths = torch.tensor([len(p) for p in databases], device=queries[0].device)
+        height, width = int(heights.max()), int(widths.max())
+        sims = torch.stack([
+            F.pad((q @ p.T)[None], (0, width - len(p), 0, height - len(q)), mode="replicate")[0]
+            for q, p in zip(queries, databases)
+        ])
+        if self.use_comparator:
+            sims, widths, heights = self.comparator(sims, widths, clip=False, heights=heights)
+        return sims, valid_cells(sims.shape, heights, widths)
+
+    def chamfer_pairs(self, maps: Tensor, valid: Tensor) -> Tensor:
+        """Video similarity of each pair from :meth:`compare_pairs`' maps: hard tanh, then masked Chamfer."""
+        widths, heights = valid.any(dim=-2).sum(-1), valid.any(dim=-1).sum(-1)
+        return masked_chamfer(maps.clamp(-1.0, 1.0), widths, heights)
 
     def locate(self, q: Tensor, p: Tensor) -> tuple[range, range]:
         """Query and database segment ranges of the best match between two embedded videos.

@@ -37,7 +37,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import augment as augment_module
@@ -46,14 +45,7 @@ from .audio import decode_audio
 from .backbone import DESCRIPTOR_DIM, SegmentEncoder, WeakMxH64
 from .errors import AusilError, InputError
 from .formats import is_feature_file, load_feature_file
-from .head import (
-    MIN_COMPARATOR_SEGMENTS,
-    MIN_DATABASE_SEGMENTS,
-    AuSiLHead,
-    _replicate_past_width,
-    l2_normalize,
-    tile_segments,
-)
+from .head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, l2_normalize, tile_segments
 from .scan import fingerprint, walk_media
 from .spectrogram import FrontEnd, log_mel, segment
 
@@ -779,27 +771,18 @@ class HeadTrainer:
         self._whitened: list[Tensor] | None = None
         if not config.train_whitening:
             with torch.no_grad():
-                self._whitened = [self._whiten(torch.from_numpy(v).to(self.device)) for v in pool.videos]
+                self._whitened = [head.whiten(torch.from_numpy(v).to(self.device)) for v in pool.videos]
         self._raw = None if self._whitened is not None else [torch.from_numpy(v).to(self.device) for v in pool.videos]
         self._stop_requested = False
         self.extras: dict = {}  # report material that a resumed run takes over (whitening, mining, validation)
 
     # ---- model pieces
 
-    def _whiten(self, x: Tensor) -> Tensor:
-        x = l2_normalize(x)
-        if self.head.use_whitening:
-            x = l2_normalize((x - self.head.pca_mean) @ self.head.pca_weights)
-        return x
-
     def _embed(self, video: int, start: int, length: int) -> Tensor:
+        """`AuSiLHead.embed` of a run of a video's segments, the fixed whitening done once up front."""
         if self._whitened is not None:
-            x = self._whitened[video][start:start + length]
-        else:
-            x = self._whiten(self._raw[video][start:start + length])
-        if self.head.use_attention:
-            x = x * ((x @ self.head.context) / 2 + 0.5).unsqueeze(-1)
-        return x
+            return self.head.attend(self._whitened[video][start:start + length])
+        return self.head.embed(self._raw[video][start:start + length])
 
     # ---- sampling
 
@@ -823,8 +806,8 @@ class HeadTrainer:
     def triplet_losses(self, batch) -> tuple[Tensor, Tensor, Tensor]:
         """(mean triplet loss, mean regularisation per triplet, fraction of active triplets).
 
-        All 2·B similarity maps go through the comparator as one padded batch (see
-        :func:`comparator_batch`): one pass of a few large ops instead of 2·B passes of small ones.
+        All 2·B similarity maps go through the comparator as one padded batch
+        (:meth:`AuSiLHead.compare_pairs`): a few large ops instead of 2·B passes of small ones.
         """
         queries, databases = [], []
         for anchor, a_crop, positive, p_crop, negative, n_crop in batch:
@@ -832,11 +815,8 @@ class HeadTrainer:
             queries += [q, q]
             databases += [tile_segments(self._embed(positive, *p_crop), MIN_DATABASE_SEGMENTS),
                           tile_segments(self._embed(negative, *n_crop), MIN_DATABASE_SEGMENTS)]
-        maps, valid = comparator_batch(self.head, queries, databases)
-        clipped = maps.clamp(-1, 1).masked_fill(~valid, float("-inf"))
-        row_max = clipped.amax(dim=-1)
-        rows_valid = valid.any(dim=-1)
-        cs = row_max.masked_fill(~rows_valid, 0).sum(-1) / rows_valid.sum(-1)
+        maps, valid = self.head.compare_pairs(queries, databases)
+        cs = self.head.chamfer_pairs(maps, valid)
         cs_pos, cs_neg = cs[0::2], cs[1::2]
         triplet = torch.relu(cs_neg - cs_pos + self.config.margin)
         if self.head.use_comparator:
@@ -962,38 +942,7 @@ class HeadTrainer:
         self.extras = dict(state.get("extras") or {})
         if self._whitened is not None:  # the (fixed) whitening came back with the head
             with torch.no_grad():
-                self._whitened = [self._whiten(torch.from_numpy(v).to(self.device)) for v in self.pool.videos]
-
-
-def comparator_batch(head: AuSiLHead, queries: Sequence[Tensor], databases: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Comparator maps (before the hard tanh) of many (query, database) pairs of any sizes, batched.
-
-    Each similarity matrix is padded to the batch's size by repeating its last row and column; after
-    each max-pool the rows and columns past an item's valid extent are overwritten the same way,
-    so every item's valid cells equal those of running it alone (edge-replicate padding only ever
-    looks one cell past the edge). Returns (B, H', W') maps and a (B, H', W') validity mask.
-    Without a comparator the maps are the raw similarity matrices.
-    """
-    heights = torch.tensor([len(q) for q in queries], device=queries[0].device)
-    widths = torch.tensor([len(p) for p in databases], device=queries[0].device)
-    height, width = int(heights.max()), int(widths.max())
-    sims = torch.stack([
-        F.pad((q @ p.T)[None], (0, width - len(p), 0, height - len(q)), mode="replicate")[0]
-        for q, p in zip(queries, databases)
-    ])
-    if head.use_comparator:
-        comparator = head.comparator
-        x = sims.unsqueeze(1)
-        for conv in (comparator.conv1, comparator.conv2):
-            x = F.max_pool2d(F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))), 2)
-            heights, widths = heights // 2, widths // 2
-            x = _replicate_past_width(x, widths)
-            x = _replicate_past_width(x.transpose(-1, -2), heights).transpose(-1, -2)
-        sims = comparator.fconv(F.relu(comparator.conv3(F.pad(x, (1, 1, 1, 1), mode="replicate")))).squeeze(1)
-    rows = torch.arange(sims.shape[-2], device=sims.device)
-    columns = torch.arange(sims.shape[-1], device=sims.device)
-    valid = (rows[None, :, None] < heights[:, None, None]) & (columns[None, None, :] < widths[:, None, None])
-    return sims, valid
+                self._whitened = [self.head.whiten(torch.from_numpy(v).to(self.device)) for v in self.pool.videos]
 
 
 # --------------------------------------------------------------------------- evaluation and reports

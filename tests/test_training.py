@@ -20,7 +20,6 @@ from ausil_search.training import (
     SelfSupervisedConfig,
     TrainConfig,
     backbone_fingerprint,
-    comparator_batch,
     examples_pool,
     fit_whitening,
     fit_whitening_report,
@@ -84,12 +83,26 @@ def test_batched_comparator_equals_one_pair_at_a_time():
     head = AuSiLHead.identity(32, seed=3)
     queries = [torch.randn(n, 32) for n in (4, 9, 13)]
     databases = [torch.randn(n, 32) for n in (10, 23, 11)]
-    maps, valid = comparator_batch(head, queries, databases)
+    maps, valid = head.compare_pairs(queries, databases)
     for i, (q, p) in enumerate(zip(queries, databases)):
         alone = head.comparator_map(q, p, clip=False)
         h, w = alone.shape
         assert valid[i].sum() == h * w and valid[i, :h, :w].all()
         torch.testing.assert_close(maps[i, :h, :w], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_training_scores_are_the_engine_scores():
+    """The batched, masked Chamfer the trainer optimises equals what a query ranks by."""
+    torch.manual_seed(1)
+    head = AuSiLHead.identity(32, seed=4)
+    queries = [head.embed(torch.randn(n, 32)) for n in (4, 9, 13, 6)]
+    databases = [head.embed(torch.randn(n, 32)) for n in (10, 23, 11, 40)]
+    scores = head.chamfer_pairs(*head.compare_pairs(queries, databases))
+    expected = [head.score(q, p) for q, p in zip(queries, databases)]
+    torch.testing.assert_close(scores, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    head.use_comparator = False
+    scores = head.chamfer_pairs(*head.compare_pairs(queries, databases))
+    torch.testing.assert_close(scores, torch.tensor([head.score(q, p) for q, p in zip(queries, databases)]))
 
 
 # --------------------------------------------------------------------------- training on generated audio
