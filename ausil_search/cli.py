@@ -456,7 +456,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
     The rest of the model is unchanged; the output records what the whitening was fitted on.
     """
     from .model import load_model
-    from .training import fit_model_whitening
+    from .train.head_job import fit_model_whitening
 
     model = load_model(model_spec)
     progress = _StageProgress()
@@ -536,7 +536,9 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     """
     from .augment import MODES
     from .model import load_model
-    from .training import SelfSupervisedConfig, TrainConfig, TrainingHooks, TrainingJob, train_model
+    from .train.examples import SelfSupervisedConfig
+    from .train.head_job import TrainingHooks, TrainingJob, train_model
+    from .train.head_trainer import TrainConfig
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in mode_list if m not in MODES]
@@ -638,7 +640,8 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     afterwards with `fit-whitening` / `train`). With --checkpoint-dir, Ctrl-C saves the run and
     --resume continues it exactly. Writes OUTPUT and OUTPUT's .report.json.
     """
-    from .backbone_training import BackboneTrainConfig, BackboneTrainingJob, ViewRecipe, train_backbone as run
+    from .train.backbone_trainer import BackboneTrainConfig, BackboneTrainingJob, train_backbone as run
+    from .train.backbone_views import ViewRecipe
     from .model import AuSiLModel, load_model
 
     initial = AuSiLModel.initialise(seed=seed)

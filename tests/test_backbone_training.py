@@ -14,21 +14,23 @@ from click.testing import CliRunner
 from media import synth_music, write_audio_file
 
 from ausil_search.backbone import WeakMxH64
-from ausil_search.backbone_training import (
+from ausil_search.train.backbone_trainer import (
     CHECKPOINT_FILE,
-    AudioCorpus,
     BackboneTrainConfig,
     BackboneTrainer,
     BackboneTrainingJob,
+    nt_xent,
+    train_backbone,
+)
+from ausil_search.train.backbone_views import (
+    AudioCorpus,
     ViewBatches,
     ViewRecipe,
     centre_window,
     draw_view_chain,
     make_view_batch,
-    nt_xent,
     plan_excerpts,
     repeat_correlation,
-    train_backbone,
 )
 from ausil_search.cli import cli
 from ausil_search.errors import AusilError

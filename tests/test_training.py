@@ -13,20 +13,12 @@ from click.testing import CliRunner
 
 from ausil_search.cli import cli
 from ausil_search.model import AuSiLModel
-from ausil_search.training import (
-    DescriptorCache,
-    DescriptorSource,
-    HeadTrainer,
-    SelfSupervisedConfig,
-    TrainConfig,
-    backbone_fingerprint,
-    examples_pool,
-    fit_whitening,
-    fit_whitening_report,
-    global_features,
-    mine_hard_negatives,
-    self_supervised_examples,
-)
+from ausil_search.train.descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
+from ausil_search.train.examples import SelfSupervisedConfig, self_supervised_examples
+from ausil_search.train.head_trainer import HeadTrainer, TrainConfig
+from ausil_search.train.mining import global_features, mine_hard_negatives
+from ausil_search.train.pools import examples_pool
+from ausil_search.train.whitening import fit_whitening, fit_whitening_report
 from ausil_search.head import AuSiLHead
 from media import synth_music, write_audio_file
 
@@ -217,3 +209,30 @@ def test_train_command_writes_a_model_and_report(pool_setup, recordings, tmp_pat
     # the checkpoint exists now: a second run must say how to continue instead of overwriting it
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
+
+
+def test_fit_whitening_reads_whole_recordings_when_no_limit_is_given(recordings, tmp_path):
+    """Without --max-seconds every segment of every recording counts (it used to crash on the unbounded read)."""
+    from ausil_search.spectrogram import FrontEnd, segment_count
+
+    model_path = tmp_path / "init.safetensors"
+    AuSiLModel.initialise(seed=2).save(model_path)
+    out = tmp_path / "whitened.safetensors"
+    result = CliRunner().invoke(cli, ["fit-whitening", str(recordings), "--model", str(model_path), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    frontend = FrontEnd()
+    expected = sum(segment_count(1 + round((13.0 + i) * SR) // frontend.hop_length, frontend) for i in range(5))
+    assert summary["files"] == 5 and summary["segments"] == expected
+    whitened = AuSiLModel.load(out)
+    assert not torch.equal(whitened.head.pca_weights, torch.eye(whitened.head.pca_weights.shape[0]))
+
+
+def test_old_import_paths_still_work():
+    import ausil_search.backbone_training as old_backbone
+    import ausil_search.training as old_head
+    from ausil_search.train import backbone_trainer, backbone_views, head_job, head_trainer
+
+    assert old_head.HeadTrainer is head_trainer.HeadTrainer and old_head.train_model is head_job.train_model
+    assert old_backbone.ViewRecipe is backbone_views.ViewRecipe
+    assert old_backbone.train_backbone is backbone_trainer.train_backbone

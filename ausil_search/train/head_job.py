@@ -1,0 +1,213 @@
+"""A whole head-training run (`ausil-search train`) and a whitening fit (`ausil-search fit-whitening`).
+
+Sources become a triplet pool (self-supervised examples and/or an annotation), the whitening is
+fitted on the training side of it, hard negatives are mined, and the head trainer runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import AusilError, InputError
+from ..formats import is_feature_file
+from ..media_sources import collect_media
+from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
+from .examples import SelfSupervisedConfig, augment_fingerprint, self_supervised_examples
+from .head_trainer import CHECKPOINT_FILE, HeadStep, HeadTrainer, TrainConfig, chamfer_separation, loss_summary
+from .mining import global_features, mine_hard_negatives
+from .pools import TripletPool, annotation_pool, examples_pool, merge_pools, split_pool, validation_pairs
+from .scaffold import checkpoint_to_use
+from .whitening import fit_whitening_report
+
+
+@dataclass
+class TrainingJob:
+    """What `ausil-search train` asks for: data sources, recipe, and where state goes."""
+
+    sources: list[Path] = field(default_factory=list)  # unlabelled media for self-supervised triplets
+    annotation: Path | None = None  # release-style {query: {label: [ids]}}
+    video_list: Path | None = None  # '<id> <path>' lines for the annotation's videos
+    relevant_labels: tuple[str, ...] = ("DA",)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    self_supervised: SelfSupervisedConfig = field(default_factory=SelfSupervisedConfig)
+    whitening: str = "fit"  # fit: from the training descriptors; keep: the input model's
+    whitening_shrinkage: float | None = None  # None: Ledoit–Wolf
+    val_fraction: float = 0.0
+    cache_path: Path | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    device: str | None = None
+    precision: str = "fused"
+
+    def recipe(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "self_supervised": asdict(self.self_supervised) if self.sources else None,
+            "annotation": str(self.annotation) if self.annotation else None,
+            "relevant_labels": list(self.relevant_labels),
+            "whitening": self.whitening,
+            "whitening_shrinkage": self.whitening_shrinkage,
+            "val_fraction": self.val_fraction,
+            "augment_version": augment_fingerprint(),
+        }
+
+
+@dataclass
+class TrainingHooks:
+    """Progress callbacks: a stage starts (name, total or None), a file is done, a step is done."""
+
+    on_stage: Callable[[str, int | None], None] = lambda name, total: None
+    on_file: Callable[[Path, str | None], None] = lambda path, error: None
+    on_step: Callable[[HeadStep], None] = lambda record: None
+
+
+def build_pool(job: TrainingJob, source: DescriptorSource, hooks: TrainingHooks) -> tuple[TripletPool, list[str]]:
+    """The full triplet pool of a job and, per pair, the group a validation split holds out together."""
+    from ..formats import load_json, read_video_list
+
+    pools: list[tuple[TripletPool, list[str]]] = []
+    if job.sources:
+        paths = collect_media(job.sources)
+        hooks.on_stage("extract", len(paths))
+        examples = self_supervised_examples(paths, source, job.self_supervised, hooks.on_file)
+        if len({e.group for e in examples}) < 2:
+            raise AusilError("self-supervised training needs at least 2 usable recordings")
+        pools.append((examples_pool(examples), [e.group for e in examples]))
+    if job.annotation is not None:
+        if job.video_list is None:
+            raise AusilError("--pairs needs --videos, the '<id> <path>' list of the annotated videos")
+        annotation = load_json(job.annotation, "annotation")
+        if not isinstance(annotation, dict):
+            raise AusilError(f"{job.annotation}: expected {{query_id: {{label: [video ids]}}}}")
+        entries = read_video_list(job.video_list)
+        hooks.on_stage("extract", len(entries))
+        descriptors = {}
+        for entry in entries:
+            try:
+                descriptors[entry.video_id] = source.of_file(entry.path)
+                hooks.on_file(entry.path, None)
+            except InputError as exc:
+                hooks.on_file(entry.path, str(exc))
+        pool = annotation_pool(annotation, descriptors, job.relevant_labels)
+        pools.append((pool, [pool.names[a] for a, _ in pool.pairs]))
+    if not pools:
+        raise AusilError("nothing to train on: give media folders/files, or --pairs with --videos")
+    pool, groups = pools[0]
+    for other, other_groups in pools[1:]:
+        pool, groups = merge_pools(pool, other), groups + other_groups
+    return pool, groups
+
+
+def train_model(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks()) -> dict:
+    """Train `model`'s head in place (the backbone stays frozen) and return the run's report."""
+    from ..devices import pick_device
+
+    started = time.perf_counter()
+    device = pick_device(job.device)
+    checkpoint_to_use(job.checkpoint_dir, CHECKPOINT_FILE, job.resume)
+    if job.whitening not in ("fit", "keep"):
+        raise ValueError(f"whitening must be 'fit' or 'keep', got {job.whitening!r}")
+    cache = DescriptorCache(job.cache_path, backbone_fingerprint(model.backbone, model.frontend))
+    with cache:
+        source = DescriptorSource(model.backbone, model.frontend, cache, device, job.precision)
+        pool, groups = build_pool(job, source, hooks)
+    extraction = {
+        "segments_extracted": source.segments,
+        "seconds": round(source.seconds, 2),
+        "segments_per_s": round(source.segments_per_second, 1),
+        "cache_hits": source.cache_hits,
+    }
+    train_pool, val_pool = split_pool(pool, validation_pairs(groups, job.val_fraction))
+    head = model.head.to(device)
+    if job.resume:
+        trainer = HeadTrainer(head, train_pool, None, job.config, device, job.checkpoint_dir)
+        trainer.load_checkpoint()
+    else:
+        extras: dict = {}
+        if job.whitening == "fit":
+            hooks.on_stage("whitening", None)
+            used = np.unique(np.concatenate([train_pool.pairs.ravel(), *train_pool.negatives]))
+            fit = fit_whitening_report((pool.videos[i] for i in used), job.whitening_shrinkage)
+            with torch.no_grad():
+                head.pca_mean.copy_(torch.from_numpy(fit.mean))
+                head.pca_weights.copy_(torch.from_numpy(fit.weights))
+            head.use_whitening = True
+            extras["whitening"] = fit.summary()
+        hooks.on_stage("mining", None)
+        features = global_features(head, pool.videos, device)
+        hard, mining = mine_hard_negatives(train_pool, features, job.config.hard_negative_margin)
+        extras["mining"] = mining.to_dict()
+        if len(val_pool):
+            extras["validation_before"] = chamfer_separation(head, val_pool, device)
+        trainer = HeadTrainer(head, train_pool, hard, job.config, device, job.checkpoint_dir)
+        trainer.extras = extras
+    resumed_at = trainer.step
+    hooks.on_stage("train", job.config.steps)
+    train_started = time.perf_counter()
+    trainer.train(hooks.on_step)
+    train_seconds = time.perf_counter() - train_started
+    report = {
+        "steps": trainer.step,
+        "resumed_at": resumed_at,
+        "train_seconds": round(trainer.elapsed_s, 2),
+        "steps_per_s": round((trainer.step - resumed_at) / train_seconds, 2) if train_seconds > 0 else None,
+        "loss": loss_summary(trainer.history),
+        "pool": {"train": train_pool.stats(), "validation": val_pool.stats() if len(val_pool) else None},
+        "extraction": extraction,
+        **trainer.extras,
+        "device": str(device),
+    }
+    if len(val_pool):
+        report["validation_after"] = chamfer_separation(trainer.head, val_pool, device)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    model.head = trainer.head.eval().cpu()
+    return report
+
+
+def fit_model_whitening(
+    model,
+    sources: Sequence[Path],
+    cache_path: Path | None = None,
+    shrinkage: float | None = None,
+    max_seconds: float | None = None,
+    device: str | None = None,
+    precision: str = "fused",
+    on_stage: Callable[[str, int | None], None] = lambda name, total: None,
+    on_file: Callable[[Path, str | None], None] = lambda path, error: None,
+) -> dict:
+    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a summary."""
+    from ..devices import pick_device
+
+    paths = [Path(p) for p in sources if is_feature_file(Path(p))]
+    media = [Path(p) for p in sources if not is_feature_file(Path(p))]
+    if media:
+        paths += collect_media(media)
+    on_stage("extract", len(paths))
+    matrices = []
+    with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
+        source = DescriptorSource(model.backbone, model.frontend, cache, pick_device(device), precision)
+        for path in paths:
+            try:
+                matrices.append(source.of_file(path, max_seconds))
+                on_file(path, None)
+            except InputError as exc:
+                on_file(path, str(exc))
+    if not matrices:
+        raise AusilError("no usable recording to fit the whitening on")
+    on_stage("whitening", None)
+    fit = fit_whitening_report(matrices, shrinkage)
+    with torch.no_grad():
+        model.head.pca_mean.copy_(torch.from_numpy(fit.mean))
+        model.head.pca_weights.copy_(torch.from_numpy(fit.weights))
+    return {
+        **fit.summary(),
+        "files": len(matrices),
+        "extraction": {"segments_extracted": source.segments, "seconds": round(source.seconds, 2),
+                       "segments_per_s": round(source.segments_per_second, 1), "cache_hits": source.cache_hits},
+    }
