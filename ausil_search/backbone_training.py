@@ -4,18 +4,17 @@ from .train.backbone_trainer import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     BackboneStep,
-    BackboneTrainConfig,
     BackboneTrainer,
     BackboneTrainingJob,
     nt_xent,
     train_backbone,
+    train_backbone_model,
 )
+from .train.configs import RECIPE_VERSION, BackboneTrainConfig, ViewRecipe
 from .train.backbone_views import (
-    RECIPE_VERSION,
     AudioCorpus,
     ViewBatch,
     ViewBatches,
-    ViewRecipe,
     centre_window,
     draw_view_chain,
     make_view_batch,

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from .errors import AusilError
+from .train.configs import BackboneTrainConfig, SelfSupervisedConfig, TrainConfig, ViewRecipe
 
 DEVICE_HELP = "cpu, cuda, cuda:N; default: cuda when available, else cpu."
 PRECISION_HELP = ("Backbone arithmetic: fused (BatchNorm folded in, equal to fp32 within 2e-6, ~2.5x faster on CPU), "
@@ -374,6 +375,10 @@ def info(index_dir, as_json):
 # --------------------------------------------------------------------------- training
 
 
+def _range_text(bounds: tuple[float, float]) -> str:
+    return f"{bounds[0]:g}:{bounds[1]:g}"
+
+
 def _seconds_range(text: str) -> tuple[float, float]:
     try:
         low, _, high = text.partition(":")
@@ -421,17 +426,6 @@ def _exit_interrupted(step, checkpoint_dir: Path | None) -> None:
     sys.exit(130)
 
 
-def _save_trained(model, output: Path, report: dict, float16: bool) -> Path:
-    """Write a trained model and, beside it, its training report (which records the model's identity)."""
-    from .atomic import write_json_atomic
-
-    report["output"] = str(output)
-    report["model"] = {"sha256": model.save(output, float16=float16), "identity": model.identity}
-    report_path = output.with_suffix(".report.json")
-    write_json_atomic(report_path, report)
-    return report_path
-
-
 def _recorded_command() -> str:
     import shlex
 
@@ -456,23 +450,18 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
     The rest of the model is unchanged; the output records what the whitening was fitted on.
     """
     from .model import load_model
-    from .train.head_job import fit_model_whitening
+    from .train.head_job import fit_whitening_model
 
-    model = load_model(model_spec)
     progress = _StageProgress()
     try:
-        summary = fit_model_whitening(
-            model, sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds, device,
-            on_stage=progress.on_stage, on_file=progress.on_file,
+        fitted = fit_whitening_model(
+            load_model(model_spec), sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds,
+            device, on_stage=progress.on_stage, on_file=progress.on_file, command=_recorded_command(),
         )
     finally:
         progress.close()
-    model.metadata.update({
-        "version": f"{model.version}+w{summary['segments']}",
-        "whitening": {k: v for k, v in summary.items() if k != "extraction"} | {"command": _recorded_command()},
-    })
-    model.save(output)
-    summary = {**summary, "output": str(output), "model": model.identity}
+    fitted.model.save(output)
+    summary = {**fitted.report, "output": str(output), "model": fitted.model.identity}
     if as_json:
         emit_json(summary)
     else:
@@ -489,34 +478,34 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--videos", "video_list", type=click.Path(path_type=Path), default=None,
               help="'<id> <path>' list of the annotated videos (media or .npz feature files).")
 @click.option("--labels", default="DA", show_default=True, help="Comma-separated annotation labels that count as positives.")
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=16, show_default=True, help="Triplets per step.")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="γ of the triplet loss.")
-@click.option("--reg-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=TrainConfig.steps, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True, help="Triplets per step.")
+@click.option("--margin", type=float, default=TrainConfig.margin, show_default=True, help="γ of the triplet loss.")
+@click.option("--reg-weight", type=click.FloatRange(min=0), default=TrainConfig.regularisation, show_default=True,
               help="Weight of the similarity regularisation loss.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--hard-margin", type=float, default=0.2, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TrainConfig.lr, show_default=True, help="Adam learning rate.")
+@click.option("--hard-margin", type=float, default=TrainConfig.hard_negative_margin, show_default=True,
               help="d of the hard-negative rule D(v,v−) < D(v,v+) + d (global features).")
-@click.option("--max-segments", type=click.IntRange(min=4), default=64, show_default=True,
+@click.option("--max-segments", type=click.IntRange(min=4), default=TrainConfig.max_segments, show_default=True,
               help="Longer videos are cropped to a random run of this many segments per use.")
 @click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default="fit", show_default=True,
               help="fit: from the training segments, then fixed; keep: the input model's; train: fit, then fine-tune.")
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None, help="Whitening shrinkage (see fit-whitening).")
-@click.option("--examples-per-file", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--examples-per-file", type=click.IntRange(min=1), default=SelfSupervisedConfig.examples_per_recording, show_default=True,
               help="Self-supervised: (clean window, augmented excerpt) examples per recording.")
-@click.option("--database-seconds", default="12:30", show_default=True, help="Self-supervised: clean window length, MIN:MAX.")
-@click.option("--query-seconds", default="6:15", show_default=True, help="Self-supervised: augmented excerpt length, MIN:MAX.")
-@click.option("--max-seconds", type=click.FloatRange(min=1), default=600, show_default=True,
+@click.option("--database-seconds", default=_range_text(SelfSupervisedConfig.database_seconds), show_default=True, help="Self-supervised: clean window length, MIN:MAX.")
+@click.option("--query-seconds", default=_range_text(SelfSupervisedConfig.query_seconds), show_default=True, help="Self-supervised: augmented excerpt length, MIN:MAX.")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=SelfSupervisedConfig.max_seconds, show_default=True,
               help="Self-supervised: read at most this much of each recording.")
-@click.option("--modes", default="core,speed", show_default=True, help="Augmentation modes, alternated over examples.")
+@click.option("--modes", default=",".join(SelfSupervisedConfig.modes), show_default=True, help="Augmentation modes, alternated over examples.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
               help="Recordings (or queries) held out to report Chamfer separation before and after.")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None,
               help="HDF5 descriptor cache; default: CHECKPOINT_DIR/descriptors.h5, else OUTPUT with .descriptors.h5.")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None, help="Where checkpoints go (resumable runs).")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Steps between checkpoints.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=TrainConfig.checkpoint_every, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (same data and settings; --steps may grow).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
 @click.option("--name", default=None, help="Name of the trained model (default: the input's name + '-trained').")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
@@ -536,9 +525,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     """
     from .augment import MODES
     from .model import load_model
-    from .train.examples import SelfSupervisedConfig
-    from .train.head_job import TrainingHooks, TrainingJob, train_model
-    from .train.head_trainer import TrainConfig
+    from .train.head_job import TrainingHooks, TrainingJob, train_head
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in mode_list if m not in MODES]
@@ -561,25 +548,15 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     )
     progress = _StageProgress()
     try:
-        report = train_model(model, job, TrainingHooks(progress.on_stage, progress.on_file, progress.on_step))
+        trained = train_head(model, job, TrainingHooks(progress.on_stage, progress.on_file, progress.on_step),
+                             name=name, command=_recorded_command())
     except KeyboardInterrupt:
         progress.close()
         _exit_interrupted(progress.step, checkpoint_dir)
     finally:
         progress.close()
-
-    input_identity = model.identity
-    model.metadata.update({
-        "name": name or f"{model.name}-trained",
-        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
-        "description": f"AuSiL head trained by ausil-search train from {input_identity} (backbone frozen).",
-        "source": _recorded_command(),
-        "training": {**job.recipe(), "from_model": input_identity, "steps_done": report["steps"],
-                     "final_loss": report["loss"].get("last_steps_mean"),
-                     "validation_after": report.get("validation_after")},
-    })
-    model.metadata.pop("created", None)
-    report_path = _save_trained(model, output, report, float16)
+    report_path = trained.save(output, float16)
+    report, model = trained.report, trained.model
     if as_json:
         emit_json(report)
         return
@@ -598,29 +575,29 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write.")
 @click.option("--model", "model_spec", default=None,
               help="Start from this model's backbone (file or 'official'); default: the seeded random initialisation.")
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--batch", "batch_size", type=click.IntRange(min=2), default=32, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=BackboneTrainConfig.steps, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=2), default=BackboneTrainConfig.batch_size, show_default=True,
               help="Excerpts per step (two views each; the other 2B−2 views are the negatives).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="Adam learning rate.")
-@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=BackboneTrainConfig.lr, show_default=True, help="Adam learning rate.")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=BackboneTrainConfig.warmup_steps, show_default=True,
               help="Steps of linear learning-rate warm-up.")
-@click.option("--decay-steps", "decay_steps", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--decay-steps", "decay_steps", type=click.IntRange(min=0), default=BackboneTrainConfig.decay_steps, show_default=True,
               help="Final steps over which the learning rate falls linearly to 0 (may change on --resume).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True)
-@click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=3.0, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=BackboneTrainConfig.temperature, show_default=True)
+@click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=ViewRecipe.excerpt_s, show_default=True,
               help="Audio read per item; the centre window (~2 s) of each view is trained on.")
-@click.option("--max-shift", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--max-shift", type=click.FloatRange(min=0), default=ViewRecipe.max_shift_s, show_default=True,
               help="Seconds by which the two views' windows may be misaligned (query vs database segment grid).")
-@click.option("--excerpts-per-recording", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--excerpts-per-recording", type=click.IntRange(min=1), default=ViewRecipe.excerpts_per_recording, show_default=True,
               help="Non-overlapping excerpts of one recording in a batch, negatives of each other (1: none).")
-@click.option("--calibration-batches", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--calibration-batches", type=click.IntRange(min=1), default=BackboneTrainConfig.calibration_batches, show_default=True,
               help="Batches over which BatchNorm statistics are recomputed at the end.")
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Processes making augmented views ahead of the trainer (0: in-process).")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None, help="Where checkpoints go (resumable runs).")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=BackboneTrainConfig.checkpoint_every, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (same data and settings; --steps may grow).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation (without --model) and data order.")
+@click.option("--seed", type=int, default=BackboneTrainConfig.seed, show_default=True, help="Initialisation (without --model) and data order.")
 @click.option("--name", default="ausil-ssl-backbone", show_default=True, help="Name of the written model.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
@@ -640,13 +617,9 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     afterwards with `fit-whitening` / `train`). With --checkpoint-dir, Ctrl-C saves the run and
     --resume continues it exactly. Writes OUTPUT and OUTPUT's .report.json.
     """
-    from .train.backbone_trainer import BackboneTrainConfig, BackboneTrainingJob, train_backbone as run
-    from .train.backbone_views import ViewRecipe
-    from .model import AuSiLModel, load_model
+    from .model import load_model
+    from .train.backbone_trainer import BackboneTrainingJob, train_backbone_model
 
-    initial = AuSiLModel.initialise(seed=seed)
-    start = load_model(model_spec) if model_spec else initial
-    start_identity = start.identity if model_spec else f"seeded random initialisation (seed {seed})"
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                  decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
@@ -665,24 +638,16 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
         bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{record.accuracy:.2f}", refresh=False)
 
     try:
-        report = run(start.backbone, job, on_skip=lambda path, reason: bar.write(f"skipped: {reason}", file=sys.stderr),
-                     on_step=on_step, frontend=start.frontend)
+        trained = train_backbone_model(
+            job, load_model(model_spec) if model_spec else None, name, _recorded_command(),
+            on_skip=lambda path, reason: bar.write(f"skipped: {reason}", file=sys.stderr), on_step=on_step)
     except KeyboardInterrupt:
         bar.close()
         _exit_interrupted(state["step"], checkpoint_dir)
     finally:
         bar.close()
-    model = AuSiLModel(start.backbone, initial.head, start.frontend, {
-        "name": name,
-        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
-        "description": "weak_mxh64_1024 backbone trained self-supervised (contrastive, segment level) by "
-                       "ausil-search train-backbone; identity whitening, neutral attention, pass-through comparator.",
-        "source": _recorded_command(),
-        "backbone_training": {"from": start_identity, "steps": report["steps"], "config": report["config"],
-                              "data": report["data"], "loss": {k: v for k, v in report["loss"].items() if k != "curve"},
-                              "train_seconds": report["total_train_seconds"], "device": report["device"]},
-    })
-    report_path = _save_trained(model, output, report, float16)
+    report_path = trained.save(output, float16)
+    report, model = trained.report, trained.model
     if as_json:
         emit_json(report)
         return

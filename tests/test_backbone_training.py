@@ -16,16 +16,15 @@ from media import synth_music, write_audio_file
 from ausil_search.backbone import WeakMxH64
 from ausil_search.train.backbone_trainer import (
     CHECKPOINT_FILE,
-    BackboneTrainConfig,
     BackboneTrainer,
     BackboneTrainingJob,
     nt_xent,
     train_backbone,
 )
+from ausil_search.train.configs import BackboneTrainConfig, ViewRecipe
 from ausil_search.train.backbone_views import (
     AudioCorpus,
     ViewBatches,
-    ViewRecipe,
     centre_window,
     draw_view_chain,
     make_view_batch,
@@ -271,3 +270,18 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_end():
     # an extended run decays at its new end; the decay may be changed on resume
     assert BackboneTrainConfig(steps=200, lr=1e-3, decay_steps=20).learning_rate(99) == pytest.approx(1e-3)
     assert not config.incompatible(BackboneTrainConfig(steps=150, lr=1e-3, warmup_steps=10).to_dict())
+
+
+def test_library_returns_the_model_with_its_provenance(media_dir, tmp_path):
+    """A Python user gets what `train-backbone` writes, without the CLI."""
+    from ausil_search.train.backbone_trainer import train_backbone_model
+
+    job = BackboneTrainingJob([media_dir], small_config(steps=1), workers=0)
+    trained = train_backbone_model(job, name="api-backbone")
+    meta = trained.model.metadata
+    assert meta["name"] == "api-backbone" and meta["backbone_training"]["steps"] == 1
+    assert meta["backbone_training"]["from"] == "seeded random initialisation (seed 0)"
+    assert meta["backbone_training"]["config"]["recipe"]["excerpts_per_recording"] == 2
+    report_path = trained.save(tmp_path / "api.safetensors")
+    report = json.loads(report_path.read_text())
+    assert report["model"]["identity"] == AuSiLModel.load(tmp_path / "api.safetensors").identity

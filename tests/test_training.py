@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from ausil_search.cli import cli
 from ausil_search.model import AuSiLModel
 from ausil_search.train.descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
-from ausil_search.train.examples import SelfSupervisedConfig, self_supervised_examples
-from ausil_search.train.head_trainer import HeadTrainer, TrainConfig
+from ausil_search.train.configs import SelfSupervisedConfig, TrainConfig
+from ausil_search.train.examples import self_supervised_examples
+from ausil_search.train.head_trainer import HeadTrainer
 from ausil_search.train.mining import global_features, mine_hard_negatives
 from ausil_search.train.pools import examples_pool
 from ausil_search.train.whitening import fit_whitening, fit_whitening_report

@@ -15,7 +15,6 @@ unchanged, so the result is an ordinary model file and the official weights stil
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,9 @@ from torch import Tensor
 from ..backbone import WeakMxH64
 from ..errors import AusilError
 from ..spectrogram import FrontEnd
-from .backbone_views import AudioCorpus, ViewBatch, ViewBatches, ViewRecipe
-from .scaffold import StepRecord, StopRequest, checkpoint_to_use, read_checkpoint, write_checkpoint
+from .backbone_views import AudioCorpus, ViewBatch, ViewBatches
+from .configs import BackboneTrainConfig
+from .scaffold import StepRecord, StopRequest, TrainedModel, checkpoint_to_use, read_checkpoint, write_checkpoint
 
 CHECKPOINT_FORMAT = "ausil-backbone-checkpoint/1"
 CHECKPOINT_FILE = "backbone-checkpoint.pt"
@@ -61,43 +61,6 @@ def _as_input(views: np.ndarray, device: torch.device) -> Tensor:
     two, batch, frames, mels = views.shape
     x = torch.from_numpy(views).reshape(two * batch, 1, frames, mels).to(device)
     return x.contiguous(memory_format=torch.channels_last)
-
-
-@dataclass
-class BackboneTrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup_steps: int = 50
-    decay_steps: int = 0  # the last decay_steps of `steps` lower the rate linearly towards 0
-    weight_decay: float = 0.0
-    temperature: float = 0.1
-    seed: int = 0
-    checkpoint_every: int = 50
-    calibration_batches: int = 8
-    recipe: ViewRecipe = field(default_factory=ViewRecipe)
-
-    # Settings a resumed run may change; all others must match the checkpoint.
-    _RESUMABLE_CHANGES = ("steps", "decay_steps", "checkpoint_every", "calibration_batches")
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["recipe"] = self.recipe.to_dict()
-        return data
-
-    def incompatible(self, saved: dict) -> list[str]:
-        mine, saved = json.loads(json.dumps(self.to_dict())), json.loads(json.dumps(saved))  # tuples vs lists
-        return [k for k in mine if k not in self._RESUMABLE_CHANGES and saved.get(k) != mine[k]]
-
-    def learning_rate(self, step: int) -> float:
-        """Linear warm-up, constant, then a linear decay over the last ``decay_steps``.
-
-        The decay is relative to ``steps``, so a run extended with --resume decays at its new end;
-        annealing the rate at the end is what lets the last steps settle instead of jittering.
-        """
-        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
-        decay = min(1.0, (self.steps - step) / self.decay_steps) if self.decay_steps else 1.0
-        return self.lr * min(warm, max(decay, 0.0))
 
 
 @dataclass
@@ -291,3 +254,27 @@ def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob,
                  "sources": [str(s) for s in job.sources]},
         "config": config.to_dict(),
     }
+
+
+def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = "ausil-ssl-backbone", command: str | None = None,
+                         on_skip: Callable[[Path, str], None] = lambda path, reason: None,
+                         on_step: Callable[[BackboneStep], None] = lambda record: None) -> TrainedModel:
+    """Train ``start``'s backbone (an AuSiLModel; default: the seeded random initialisation) and return
+    a model of it with a neutral head, its metadata recording where it started and how it was trained."""
+    from ..model import AuSiLModel
+
+    initial = AuSiLModel.initialise(seed=job.config.seed)
+    model = start if start is not None else initial
+    start_identity = model.identity if start is not None else f"seeded random initialisation (seed {job.config.seed})"
+    report = train_backbone(model.backbone, job, on_skip=on_skip, on_step=on_step, frontend=model.frontend)
+    trained = AuSiLModel(model.backbone, initial.head, model.frontend, {
+        "name": name,
+        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "description": "weak_mxh64_1024 backbone trained self-supervised (contrastive, segment level) by "
+                       "ausil-search train-backbone; identity whitening, neutral attention, pass-through comparator.",
+        "source": command or "ausil_search.train.backbone_trainer.train_backbone_model",
+        "backbone_training": {"from": start_identity, "steps": report["steps"], "config": report["config"],
+                              "data": report["data"], "loss": {k: v for k, v in report["loss"].items() if k != "curve"},
+                              "train_seconds": report["total_train_seconds"], "device": report["device"]},
+    })
+    return TrainedModel(trained, report)

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ from ..audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
 from ..errors import AusilError, InputError
 from ..media_sources import collect_media
 from ..spectrogram import FrontEnd, log_mel
+from .configs import ViewRecipe
 
-RECIPE_VERSION = "contrastive-views/2"
 _WEIGHT_CAP_S = 60.0  # a recording's sampling weight grows with its duration up to this
 
 
@@ -99,68 +99,6 @@ def _decoded_duration(path: Path) -> float:
         return sum(len(chunk) for chunk in decode_audio(path, SAMPLE_RATE)) / SAMPLE_RATE
     except InputError:
         return 0.0
-
-
-@dataclass(frozen=True)
-class ViewRecipe:
-    """How a batch's excerpts and their pairs of views are made; each probability is per view.
-
-    The ranges aim at what a re-upload goes through: lost top octaves (low-pass, 8–22 kHz
-    resampling, telephone band, low-bitrate codecs), rooms and echoes, noise and babble, mixing
-    under louder audio, passages much quieter than the file's peak, and clips shorter than a window.
-    """
-
-    excerpt_s: float = 3.0
-    max_shift_s: float = 0.0  # relative misalignment of the two centre windows, at most
-    excerpts_per_recording: int = 2  # non-overlapping excerpts of one recording in a batch: hard negatives
-    min_gap_s: float = 1.0  # between two excerpts of one recording
-    repeat_threshold: float = 0.6  # two excerpts of a recording this alike are a repeat, not a negative
-    p_clean: float = 0.1  # a view left untouched
-    p_time: float = 0.5  # one of speed / tempo / pitch
-    max_speed_change: float = 0.15  # speed and tempo factors in [1 - x, 1 + x]
-    max_pitch_semitones: float = 4.0
-    p_echo: float = 0.15
-    p_reverb: float = 0.2
-    rt60_s: tuple[float, float] = (0.2, 1.2)
-    p_mix: float = 0.3
-    mix_level_db: tuple[float, float] = (-10.0, 4.0)  # the other recording's level relative to ours
-    p_babble: float = 0.15
-    p_noise: float = 0.3
-    noise_snr_db: tuple[float, float] = (0.0, 20.0)
-    p_band: float = 0.35
-    lowpass_hz: tuple[float, float] = (3000.0, 11000.0)
-    p_resample: float = 0.25
-    p_gain: float = 0.2
-    p_codec: float = 0.4
-    codec_kbps: tuple[int, int] = (12, 48)
-    p_level: float = 0.25  # the window sits this far below the file's peak, as a quiet passage does
-    level_drop_db: tuple[float, float] = (6.0, 45.0)
-    p_cut: float = 0.1  # only the start of the window holds audio, as at the end of a short query
-    min_cut_fraction: float = 0.4
-
-    def __post_init__(self) -> None:
-        if self.excerpt_s <= 0 or self.max_shift_s < 0 or self.min_gap_s < 0:
-            raise ValueError("excerpt_s must be positive, max_shift_s and min_gap_s non-negative")
-        if not 0 <= self.max_speed_change < 0.5:
-            raise ValueError(f"max_speed_change must be in [0, 0.5), got {self.max_speed_change}")
-        if self.excerpts_per_recording < 1:
-            raise ValueError("excerpts_per_recording must be at least 1")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "version": RECIPE_VERSION}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ViewRecipe:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
-
-    def check_fits(self, frontend: FrontEnd) -> None:
-        """The excerpt must still hold a window (plus the shift) after the fastest speed change."""
-        window_s = frontend.window_seconds + self.max_shift_s
-        shortest_s = self.excerpt_s / (1 + self.max_speed_change)
-        if shortest_s < window_s:
-            raise AusilError(f"excerpts of {self.excerpt_s} s are too short: after a {self.max_speed_change:.0%} "
-                             f"speed-up they must still hold {window_s:.2f} s (window plus shift)")
 
 
 def draw_view_chain(rng: np.random.Generator, recipe: ViewRecipe, n_others: int) -> list[dict]:

@@ -18,19 +18,8 @@ import numpy as np
 from .. import augment as augment_module
 from ..errors import InputError
 from ..scan import fingerprint
+from .configs import SelfSupervisedConfig
 from .descriptors import DescriptorCache, DescriptorSource, decode_prefix
-
-
-@dataclass
-class SelfSupervisedConfig:
-    """How excerpts and augmented copies are drawn from unlabelled recordings."""
-
-    examples_per_recording: int = 4
-    database_seconds: tuple[float, float] = (12.0, 30.0)  # the clean window (database side)
-    query_seconds: tuple[float, float] = (6.0, 15.0)  # the excerpt inside it that gets augmented
-    max_seconds: float = 600.0  # only the start of long recordings is read
-    modes: tuple[str, ...] = ("core", "speed")  # random_augment modes, alternated over examples
-    seed: int = 0
 
 
 @dataclass

@@ -18,11 +18,12 @@ from ..errors import AusilError, InputError
 from ..formats import is_feature_file
 from ..media_sources import collect_media
 from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
-from .examples import SelfSupervisedConfig, augment_fingerprint, self_supervised_examples
-from .head_trainer import CHECKPOINT_FILE, HeadStep, HeadTrainer, TrainConfig, chamfer_separation, loss_summary
+from .configs import SelfSupervisedConfig, TrainConfig
+from .examples import augment_fingerprint, self_supervised_examples
+from .head_trainer import CHECKPOINT_FILE, HeadStep, HeadTrainer, chamfer_separation, loss_summary
 from .mining import global_features, mine_hard_negatives
 from .pools import TripletPool, annotation_pool, examples_pool, merge_pools, split_pool, validation_pairs
-from .scaffold import checkpoint_to_use
+from .scaffold import TrainedModel, checkpoint_to_use
 from .whitening import fit_whitening_report
 
 
@@ -211,3 +212,37 @@ def fit_model_whitening(
         "extraction": {"segments_extracted": source.segments, "seconds": round(source.seconds, 2),
                        "segments_per_s": round(source.segments_per_second, 1), "cache_hits": source.cache_hits},
     }
+
+
+def train_head(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks(), name: str | None = None,
+               command: str | None = None) -> TrainedModel:
+    """Train ``model``'s head in place (:func:`train_model`) and record in its metadata what it was
+    trained from and with which recipe; ``command`` is the provenance line (the CLI's command)."""
+    input_identity = model.identity
+    report = train_model(model, job, hooks)
+    model.metadata.update({
+        "name": name or f"{model.name}-trained",
+        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "description": f"AuSiL head trained by ausil-search train from {input_identity} (backbone frozen).",
+        "source": command or "ausil_search.train.head_job.train_head",
+        "training": {**job.recipe(), "from_model": input_identity, "steps_done": report["steps"],
+                     "final_loss": report["loss"].get("last_steps_mean"),
+                     "validation_after": report.get("validation_after")},
+    })
+    model.metadata.pop("created", None)
+    return TrainedModel(model, report)
+
+
+def fit_whitening_model(model, sources: Sequence[Path], cache_path: Path | None = None, shrinkage: float | None = None,
+                        max_seconds: float | None = None, device: str | None = None, precision: str = "fused",
+                        on_stage: Callable[[str, int | None], None] = lambda name, total: None,
+                        on_file: Callable[[Path, str | None], None] = lambda path, error: None,
+                        command: str | None = None) -> TrainedModel:
+    """:func:`fit_model_whitening`, with the fit recorded in the model's metadata; the report is its summary."""
+    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, on_stage, on_file)
+    model.metadata.update({
+        "version": f"{model.version}+w{summary['segments']}",
+        "whitening": {k: v for k, v in summary.items() if k != "extraction"}
+        | {"command": command or "ausil_search.train.head_job.fit_whitening_model"},
+    })
+    return TrainedModel(model, summary)

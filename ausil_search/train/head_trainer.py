@@ -18,34 +18,12 @@ from torch import Tensor
 
 from ..errors import AusilError
 from ..head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, tile_segments
+from .configs import TrainConfig
 from .pools import TripletPool
 from .scaffold import StepRecord, StopRequest, read_checkpoint, write_checkpoint
 
 CHECKPOINT_FORMAT = "ausil-train-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes the optimisation; a resumed run must use the same (except `steps`)."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    margin: float = 1.0  # γ of the triplet loss (the paper's best)
-    regularisation: float = 0.5  # weight of the similarity regularisation loss (ViSiL's r)
-    lr: float = 1e-4
-    hard_negative_margin: float = 0.2  # d of the hard-negative rule
-    max_segments: int = 64  # longer videos are cropped to a random run of this many segments per use
-    train_whitening: bool = False  # also fine-tune the PCA mean and matrix
-    seed: int = 0
-    checkpoint_every: int = 100
-
-    _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
-
-    def incompatible(self, other: dict) -> list[str]:
-        """The settings of a saved run (`other`) that differ from these and may not change on resume."""
-        mine = asdict(self)
-        return [k for k in mine if k not in self._RESUMABLE_CHANGES and other.get(k) != mine[k]]
 
 
 @dataclass

@@ -12,11 +12,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, write_json_atomic
 from ..errors import AusilError
+
+if TYPE_CHECKING:
+    from ..model import AuSiLModel
 
 
 @dataclass
@@ -25,6 +29,24 @@ class StepRecord:
 
     step: int
     loss: float
+
+
+@dataclass
+class TrainedModel:
+    """What a training run returns: the model, its metadata recording what it came from and how, and
+    the run's report (JSON-ready)."""
+
+    model: AuSiLModel
+    report: dict
+
+    def save(self, output: Path, float16: bool = False) -> Path:
+        """Write the model and, beside it (``.report.json``), the report, which records the model's identity."""
+        output = Path(output)
+        self.report["output"] = str(output)
+        self.report["model"] = {"sha256": self.model.save(output, float16=float16), "identity": self.model.identity}
+        report_path = output.with_suffix(".report.json")
+        write_json_atomic(report_path, self.report)
+        return report_path
 
 
 def checkpoint_to_use(checkpoint_dir: Path | None, file_name: str, resume: bool) -> Path | None:
