@@ -302,3 +302,63 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
         range((row + first) * stride, (row + last) * stride),
         range((column + first) * stride, (column + last) * stride),
     )
+
+
+def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: int | None = None,
+                     keep: float = 0.4, min_contrast: float = 6.0) -> list[tuple[range, range, float]]:
+    """Every place the query occurs in the database video: (query rows, database columns, score) per
+    occurrence, in database order, from a raw similarity matrix (query segments × database segments).
+
+    Shared audio is a diagonal run of high values; a speed change tilts it, so each diagonal is
+    scored in a band of ``±max_speed_change·rows/2`` columns around it (the mean over rows of the
+    band's maximum). Diagonal offsets are taken best first, each one suppressing the offsets within
+    one query length of it (a repeat inside the query is not a second place in the database), while
+    they score at least ``keep`` of the way from the band's median to the best offset's score and
+    stand out from the offsets' scores by ``min_contrast`` robust standard deviations (so that
+    chance diagonals of an unrelated video are not listed). Each is then trimmed like
+    :func:`best_alignment`. The best offset is always returned, so there is at least one.
+    """
+    values = sim.detach().double().cpu().numpy()
+    rows, columns = values.shape
+    band = int(np.ceil(max_speed_change * rows / 2))
+    banded = values.copy()
+    for shift in range(1, band + 1):  # the maximum over columns j-band..j+band, at every cell
+        banded[:, shift:] = np.maximum(banded[:, shift:], values[:, :-shift])
+        banded[:, :-shift] = np.maximum(banded[:, :-shift], values[:, shift:])
+    if min_overlap is None:
+        min_overlap = max(1, min(rows, columns) // 2)
+    min_overlap = min(min_overlap, rows, columns)
+    offsets = np.arange(-(rows - min_overlap), columns - min_overlap + 1)
+    scores = np.array([np.diagonal(banded, offset).mean() for offset in offsets])
+    floor = float(np.median(banded))
+    order = np.argsort(-scores, kind="stable")
+    best = scores[order[0]]
+    centre = float(np.median(scores))
+    spread = 1.4826 * float(np.median(np.abs(scores - centre))) or 1e-12
+    chosen: list[int] = []
+    for index in order:
+        if chosen and (scores[index] < floor + keep * (best - floor) or scores[index] < centre + min_contrast * spread):
+            break
+        if all(abs(offsets[index] - offsets[other]) >= rows for other in chosen):
+            chosen.append(int(index))
+    found = []
+    for index in chosen:
+        offset = int(offsets[index])
+        diagonal = np.diagonal(banded, offset)
+        threshold = (np.median(values) + diagonal.max()) / 2
+        above = np.flatnonzero(diagonal >= threshold)
+        first, last = int(above[0]), int(above[-1]) + 1
+        row, column = max(0, -offset), max(0, offset)
+        # The matched columns at the ends of the run: the band's best cell (a tilted run drifts).
+        lo = row + first
+        hi = row + last - 1
+        start = _band_argmax(values[lo], column + first, band)
+        end = _band_argmax(values[hi], column + last - 1, band) + 1
+        found.append((range(lo, hi + 1), range(min(start, end - 1), max(end, start + 1)),
+                      float(diagonal[first:last].mean())))
+    return sorted(found, key=lambda item: item[1].start)
+
+
+def _band_argmax(row: np.ndarray, centre: int, band: int) -> int:
+    low, high = max(0, centre - band), min(len(row), centre + band + 1)
+    return low + int(np.argmax(row[low:high]))

@@ -251,3 +251,27 @@ def test_locate_finds_an_excerpt() -> None:
     # Non-negative descriptors (like MAC) without whitening: every similarity is positive.
     positive = head.embed(torch.from_numpy(np.random.default_rng(6).random((40, 256))).float())
     assert head.locate(positive[20:36], positive) == (range(0, 16), range(20, 36))
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_every_occurrence_is_found_in_database_order_speed_changed_one_included():
+    from ausil_search.head import find_occurrences
+
+    generator = torch.Generator().manual_seed(0)
+    query = _unit(torch.randn(20, 64, generator=generator))
+    database = _unit(torch.randn(220, 64, generator=generator))
+    noisy = lambda x: _unit(x + 0.3 * torch.randn(x.shape, generator=generator))  # noqa: E731
+    database[100:120] = noisy(query)
+    database[20:40] = noisy(query)
+    slower = torch.stack([query[min(19, round(k / 1.1))] for k in range(22)])  # played 10 % slower
+    database[160:182] = noisy(slower)
+    found = find_occurrences(query @ database.T)
+    assert len(found) == 3
+    for (_, columns, _), (start, stop) in zip(found, [(20, 40), (100, 120), (160, 182)]):
+        assert abs(columns.start - start) <= 1 and abs(columns.stop - stop) <= 1
+    assert all(abs(r.start) <= 1 and abs(r.stop - 20) <= 1 for r, _, _ in found)
+    unrelated = _unit(torch.randn(220, 64, generator=generator))
+    assert len(find_occurrences(query @ unrelated.T)) == 1  # the best place only, no chance diagonals
