@@ -497,6 +497,12 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--query-seconds", default=_range_text(SelfSupervisedConfig.query_seconds), show_default=True, help="Self-supervised: augmented excerpt length, MIN:MAX.")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=SelfSupervisedConfig.max_seconds, show_default=True,
               help="Self-supervised: read at most this much of each recording.")
+@click.option("--long-fraction", type=click.FloatRange(0, 1), default=SelfSupervisedConfig.long_fraction, show_default=True,
+              help="Self-supervised: share of examples with a short query inside a long database window.")
+@click.option("--long-database-seconds", default=_range_text(SelfSupervisedConfig.long_database_seconds), show_default=True,
+              help="Self-supervised: long database window length, MIN:MAX.")
+@click.option("--short-query-seconds", default=_range_text(SelfSupervisedConfig.short_query_seconds), show_default=True,
+              help="Self-supervised: the short query's length in those examples, MIN:MAX.")
 @click.option("--modes", default=",".join(SelfSupervisedConfig.modes), show_default=True, help="Augmentation modes, alternated over examples.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
               help="Recordings (or queries) held out to report Chamfer separation before and after.")
@@ -512,7 +518,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train(sources, model_spec, output, annotation, video_list, labels, steps, batch_size, margin, reg_weight, lr,
           hard_margin, max_segments, whitening, shrinkage, examples_per_file, database_seconds, query_seconds,
-          max_seconds, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
+          max_seconds, long_fraction, long_database_seconds, short_query_seconds, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
           device, float16, as_json):
     """Train the AuSiL head (attention, comparator; whitening fitted) with the backbone frozen.
 
@@ -541,7 +547,10 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
         self_supervised=SelfSupervisedConfig(examples_per_recording=examples_per_file,
                                              database_seconds=_seconds_range(database_seconds),
                                              query_seconds=_seconds_range(query_seconds),
-                                             max_seconds=max_seconds, modes=mode_list, seed=seed),
+                                             max_seconds=max_seconds, modes=mode_list, seed=seed,
+                                             long_fraction=long_fraction,
+                                             long_database_seconds=_seconds_range(long_database_seconds),
+                                             short_query_seconds=_seconds_range(short_query_seconds)),
         whitening="keep" if whitening == "keep" else "fit", whitening_shrinkage=shrinkage, val_fraction=val_fraction,
         cache_path=cache_path or (checkpoint_dir / "descriptors.h5" if checkpoint_dir else output.with_suffix(".descriptors.h5")),
         checkpoint_dir=checkpoint_dir, resume=resume, device=device,

@@ -237,3 +237,23 @@ def test_old_import_paths_still_work():
     assert old_head.HeadTrainer is head_trainer.HeadTrainer and old_head.train_model is head_job.train_model
     assert old_backbone.ViewRecipe is backbone_views.ViewRecipe
     assert old_backbone.train_backbone is backbone_trainer.train_backbone
+
+
+def test_long_examples_put_a_short_query_inside_a_long_window(recordings, pool_setup):
+    """long_fraction draws database windows and queries from their own ranges; 0 keeps the old draws."""
+    from dataclasses import replace
+
+    model, _, _, cache_path = pool_setup
+    paths = sorted(recordings.glob("*.flac"))[:2]
+    with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
+        source = DescriptorSource(model.backbone, model.frontend, cache)
+        default = self_supervised_examples(paths, source, SELF_SUPERVISED)
+        unchanged = self_supervised_examples(paths, source, replace(SELF_SUPERVISED, long_database_seconds=(1.0, 2.0)))
+        long = self_supervised_examples(paths, source, replace(SELF_SUPERVISED, long_fraction=1.0, modes=("hard",),
+                                                                 long_database_seconds=(12.5, 13.0),
+                                                                 short_query_seconds=(3.0, 4.0)))
+    assert [(e.database_span, e.query_span) for e in unchanged] == [(e.database_span, e.query_span) for e in default]
+    for example in long:
+        (d0, d1), (q0, q1) = example.database_span, example.query_span
+        assert 12.5 <= d1 - d0 <= 13.0 and 3.0 <= q1 - q0 <= 4.0 and d0 <= q0 and q1 <= d1
+        assert example.mode == "hard"

@@ -34,6 +34,19 @@ class SelfSupervisedConfig:
     max_seconds: float = 600.0  # only the start of long recordings is read
     modes: tuple[str, ...] = ("core", "speed")  # random_augment modes, alternated over examples
     seed: int = 0
+    # A share of examples pairs a short query with a long database window around it: the case
+    # of a clip searched for inside a long video, where one global mean dilutes the match.
+    long_fraction: float = 0.0
+    long_database_seconds: tuple[float, float] = (60.0, 180.0)
+    short_query_seconds: tuple[float, float] = (5.0, 12.0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.long_fraction <= 1.0:
+            raise ValueError(f"long_fraction must be in [0, 1], got {self.long_fraction}")
+
+    @property
+    def shortest_query_s(self) -> float:
+        return min(self.query_seconds[0], self.short_query_seconds[0]) if self.long_fraction else self.query_seconds[0]
 
 
 @dataclass

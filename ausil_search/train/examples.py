@@ -79,15 +79,16 @@ def self_supervised_examples(
                 return samples
 
             duration = _cached_duration(source.cache, key, audio, rate, config.max_seconds)
-            if duration < config.query_seconds[0]:
-                raise InputError(f"{path}: {duration:.1f} s of audio, shorter than an excerpt ({config.query_seconds[0]:.0f} s)")
+            if duration < config.shortest_query_s:
+                raise InputError(f"{path}: {duration:.1f} s of audio, shorter than an excerpt ({config.shortest_query_s:.0f} s)")
             others_spec = list(previous)
             others_id = ",".join(k[:12] for k, _ in others_spec)
             for number in range(config.examples_per_recording):
                 rng = np.random.default_rng([config.seed, zlib.crc32(key.encode()), number])
-                db_len = min(rng.uniform(*config.database_seconds), duration)
+                long = config.long_fraction > 0 and rng.random() < config.long_fraction
+                db_len = min(rng.uniform(*(config.long_database_seconds if long else config.database_seconds)), duration)
                 db_start = rng.uniform(0, duration - db_len)
-                q_len = min(rng.uniform(*config.query_seconds), db_len)
+                q_len = min(rng.uniform(*(config.short_query_seconds if long else config.query_seconds)), db_len)
                 q_start = db_start + rng.uniform(0, db_len - q_len)
                 mode = config.modes[number % len(config.modes)]
                 augment_seed = int(rng.integers(2**63))
