@@ -108,7 +108,7 @@ def wait_job(client, job_id, timeout_s=180.0) -> dict:
 def test_query_by_upload_is_the_cli_json_object(service, client, tree):
     query = tree["root"] / "queries" / "copy-db1.mp3"
     with open(query, "rb") as handle:
-        response = client.post("/query", params={"top_k": 3}, files={"file": ("copy-db1.mp3", handle, "audio/mpeg")})
+        response = client.post("/query", data={"top_k": "3"}, files={"file": ("copy-db1.mp3", handle, "audio/mpeg")})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["query"] == "copy-db1.mp3"  # the client's name, not the server's temporary path
@@ -143,6 +143,9 @@ def test_bad_requests_are_json_4xx(client, tree):
         client.post("/query", params={"top_k": 0}, json={"path": str(tree["root"] / "queries" / "copy-db1.mp3")}),
         client.post("/query", content=b"{not json", headers={"Content-Type": "application/json"}),
         client.post("/query", json={"nothing": 1}),
+        client.post("/query", json={"path": str(tree["root"] / "queries" / "copy-db1.mp3"), "topk": 3}),
+        client.post("/query", params={"topk": 3}, json={"path": str(tree["root"] / "queries" / "copy-db1.mp3")}),
+        client.post("/query", data={"top_k": "many"}, files={"file": ("a.mp3", b"x")}),
         client.post("/query", content=b"plain text", headers={"Content-Type": "text/plain"}),
         client.post("/query", files={"other": ("a.mp3", b"x")}),
         client.post("/query", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}),
@@ -150,6 +153,9 @@ def test_bad_requests_are_json_4xx(client, tree):
         client.post("/query", json={"path": str(tree["root"] / "db")}),
         client.post("/index", json={"paths": []}),
         client.get("/videos/not-a-number"),
+        client.get("/videos/99999999999999999999999"),
+        client.delete("/videos/-1"),
+        client.post("/query", params={"nprobe": 2**40}, json={"path": str(tree["root"] / "queries" / "copy-db1.mp3")}),
         client.get("/videos", params={"limit": 0}),
         client.get("/jobs/unknown"),
         client.delete("/videos/999999"),
@@ -180,6 +186,8 @@ def test_token_required_except_health(service, tree):
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(url + "/info", headers=good).json()["videos"] >= 3
     assert httpx.get(url + "/docs", headers=good).status_code == 200
+    schema = httpx.get(url + "/openapi.json", headers=good).json()
+    assert {"/query", "/index", "/jobs/{job_id}", "/videos", "/videos/{video_id}", "/info", "/health"} <= set(schema["paths"])
 
 
 def test_paths_outside_the_roots_are_refused_alike(client, tree):

@@ -17,13 +17,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import anyio
 import uvicorn
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -36,6 +37,8 @@ from .writer import IndexWriter, WriterBusy
 log = logging.getLogger("ausil_search.service")
 PUBLIC_PATHS = frozenset({"/health"})
 MAX_PAGE = 1000
+MAX_NPROBE = 65_536
+VideoId = PathParam(ge=1, le=2**63 - 1)  # store keys are 8 bytes
 
 
 class ServiceError(Exception):
@@ -44,21 +47,34 @@ class ServiceError(Exception):
         self.status = status
 
 
-class PathQuery(BaseModel):
-    path: str = Field(description="A media file under one of the server's --root directories.")
-    top_k: int | None = Field(None, ge=1, le=1000)
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    exhaustive: bool | None = None
-    candidates: int | None = Field(None, ge=1, le=100_000)
-    nprobe: int | None = Field(None, ge=1)
-
-
 class QueryOptions(BaseModel):
+    """Query options, from the query string, the JSON body or the form fields (validated the same way)."""
+
+    model_config = ConfigDict(extra="forbid")
     top_k: int = Field(10, ge=1, le=1000)
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    exhaustive: bool = False
-    candidates: int = Field(100, ge=1, le=100_000)
-    nprobe: int | None = Field(None, ge=1)
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Drop matches scoring below this.")
+    exhaustive: bool = Field(False, description="Rerank every indexed video (slow).")
+    candidates: int = Field(100, ge=1, le=100_000, description="Videos taken from FAISS recall and reranked.")
+    nprobe: int | None = Field(None, ge=1, le=MAX_NPROBE, description="IVF lists to visit.")
+
+    def updated(self, values: dict) -> QueryOptions:
+        """These options with `values` (strings from a form too) laid over them; 422 when invalid."""
+        try:
+            return QueryOptions.model_validate({**self.model_dump(), **values})
+        except ValidationError as exc:
+            raise ServiceError(422, _validation_message(exc.errors())) from None
+
+
+class PathQuery(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the other keys are QueryOptions
+    path: str = Field(description="A media file under one of the server's --root directories.")
+
+
+def _path_query_schema() -> dict:
+    schema = QueryOptions.model_json_schema()
+    schema["properties"] = {**PathQuery.model_json_schema()["properties"], **schema["properties"]}
+    schema["required"] = ["path"]
+    return schema
 
 
 class IndexRequest(BaseModel):
@@ -89,9 +105,9 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+def _validation_message(errors) -> str:
     parts = []
-    for problem in exc.errors():
+    for problem in errors:
         where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query", "path"))
         parts.append(f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")))
     return "; ".join(parts) or "invalid request"
@@ -125,7 +141,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return _error(422, _validation_message(exc))
+        return _error(422, _validation_message(exc.errors()))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
@@ -167,36 +183,22 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
         openapi_extra={"requestBody": {"content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                                "properties": {"file": {"type": "string", "format": "binary"}}}},
-            "application/json": {"schema": PathQuery.model_json_schema()},
+            "application/json": {"schema": _path_query_schema()},
         }}},
     )
-    async def query(
-        request: Request,
-        top_k: int = Query(10, ge=1, le=1000),
-        min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Drop matches scoring below this."),
-        exhaustive: bool = Query(False, description="Rerank every indexed video (slow)."),
-        candidates: int = Query(100, ge=1, le=100_000, description="Videos taken from FAISS recall and reranked."),
-        nprobe: int | None = Query(None, ge=1),
-    ):
-        options = QueryOptions(top_k=top_k, min_score=min_score, exhaustive=exhaustive, candidates=candidates,
-                               nprobe=nprobe)
+    async def query(request: Request, options: Annotated[QueryOptions, Query()]):
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
                 body = PathQuery.model_validate_json(await request.body())
-            except ValueError as exc:
-                raise ServiceError(422, f"expected JSON {{\"path\": ...}}: {exc}") from None
-            overrides = body.model_dump(exclude={"path"}, exclude_none=True)
-            options = options.model_copy(update=overrides)
+            except ValidationError as exc:
+                raise ServiceError(422, _validation_message(exc.errors())) from None
+            options = options.updated(body.model_extra or {})
             path = server_path(body.path, must_be_file=True)
             return await run_query(path, options, str(path))
         directory = Path(tempfile.mkdtemp(prefix="ausil-upload-", dir=config.upload_dir))  # mode 0700
         try:
             upload = await receive_upload(request, directory, config.max_upload_bytes)
-            if upload.fields:
-                try:
-                    options = QueryOptions.model_validate({**options.model_dump(), **upload.fields})
-                except ValueError as exc:
-                    raise ServiceError(422, str(exc)) from None
+            options = options.updated(upload.fields)
             return await run_query(upload.path, options, upload.filename)
         except UploadError as exc:
             raise ServiceError(exc.status, str(exc)) from None
@@ -238,14 +240,14 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
         return {"total": total, "offset": offset, "limit": limit, "videos": [asdict(r) for r in records]}
 
     @app.get("/videos/{video_id}", summary="One indexed video.")
-    async def get_video(video_id: int):
+    async def get_video(video_id: int = VideoId):
         record = await anyio.to_thread.run_sync(search.video, video_id)
         if record is None:
             raise ServiceError(404, f"no video {video_id}")
         return asdict(record)
 
     @app.delete("/videos/{video_id}", summary="Remove a video from the index (not from the disk).")
-    async def delete_video(video_id: int):
+    async def delete_video(video_id: int = VideoId):
         record = await anyio.to_thread.run_sync(search.video, video_id)
         if record is None:
             raise ServiceError(404, f"no video {video_id}")
@@ -271,7 +273,6 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         raise AusilError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -286,12 +287,15 @@ class Service:
         self._thread: threading.Thread | None = None
 
     def open(self, log_level: str = "info") -> "Service":
-        search = WarmSearch(self.config.index_dir, self.config.model, self.config.device)
+        self.sock = bind(self.config.host, self.config.port)  # first: a busy port fails before the model loads
+        search = None
         try:
-            self.sock = bind(self.config.host, self.config.port)
+            search = WarmSearch(self.config.index_dir, self.config.model, self.config.device)
             app = create_app(self.config, search)
         except BaseException:
-            search.close()
+            if search is not None:
+                search.close()
+            self.sock.close()
             raise
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
                                                     timeout_graceful_shutdown=5))
