@@ -162,7 +162,10 @@ def test_bad_requests_are_json_4xx(client, tree):
         client.get("/no-such-route"),
         client.put("/query"),
     ]
-    for response in cases:
+    huge = client.post("/query", content=b'{"path": "' + b"x" * (2 << 20) + b'"}',
+                       headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413
+    for response in cases + [huge]:
         assert 400 <= response.status_code < 500, (response.request.url, response.status_code, response.text)
         assert set(response.json()) == {"error"} and response.json()["error"]
     alive(client)

@@ -38,6 +38,7 @@ log = logging.getLogger("ausil_search.service")
 PUBLIC_PATHS = frozenset({"/health"})
 MAX_PAGE = 1000
 MAX_NPROBE = 65_536
+MAX_JSON_BYTES = 1 << 20
 VideoId = PathParam(ge=1, le=2**63 - 1)  # store keys are 8 bytes
 
 
@@ -101,14 +102,42 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class SmallBodies:
+    """ASGI middleware: bodies other than multipart uploads (JSON requests) are capped at MAX_JSON_BYTES,
+    counted as they arrive, so a huge JSON body cannot fill the server's memory."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or dict(scope["headers"]).get(b"content-type", b"").startswith(b"multipart/"):
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_JSON_BYTES:
+                raise ServiceError(413, f"request body over {MAX_JSON_BYTES >> 10} KiB (uploads go as multipart/form-data)")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(errors) -> str:
+    """Pydantic's errors as one line: `field: problem; ...` (FastAPI's leading body/query/path dropped)."""
     parts = []
     for problem in errors:
-        where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query", "path"))
+        loc = list(problem.get("loc", ()))
+        if len(loc) > 1 and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc)
         parts.append(f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")))
     return "; ".join(parts) or "invalid request"
 
@@ -129,7 +158,8 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
 
     app = FastAPI(title="ausil-search", summary="Find indexed videos that share audio with a query.",
                   lifespan=lifespan)
-    app.add_middleware(BearerAuth, token=config.token)
+    app.add_middleware(SmallBodies)
+    app.add_middleware(BearerAuth, token=config.token)  # added last: runs first
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..engine import SEGMENTS_DIR
 from ..errors import AusilError, IndexStoreError
 from ..stores import WriterLock
 
@@ -99,7 +100,7 @@ class IndexWriter:
         """Fail fast with 'busy' when another process writes; the child takes the lock for real."""
         if self._active is not None:
             raise WriterBusy("an index job of this server is running; wait for it or stop it (DELETE /jobs/{id})")
-        probe = WriterLock(self.index_dir / "segments")
+        probe = WriterLock(self.index_dir / SEGMENTS_DIR)
         try:
             probe.acquire()
         except IndexStoreError as exc:
