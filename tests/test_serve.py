@@ -41,7 +41,7 @@ def tree(tmp_path_factory):
     """root/db: indexed at start; root/new, root/more: for index jobs; outside/: never reachable."""
     base = tmp_path_factory.mktemp("serve")
     root, outside = base / "root", base / "outside"
-    for folder in ("db", "new", "more", "queries"):
+    for folder in ("db", "new", "more", "cli", "queries"):
         (root / folder).mkdir(parents=True)
     outside.mkdir()
     signals = {}
@@ -51,6 +51,8 @@ def tree(tmp_path_factory):
     for i in range(2):
         signals[f"new{i}"] = clip(10.0, 200 + i)
         write_audio_file(root / "new" / f"added{i}.ogg", signals[f"new{i}"], SR)
+    signals["cli0"] = clip(10.0, 400)
+    write_audio_file(root / "cli" / "by-cli0.ogg", signals["cli0"], SR)
     for i in range(14):
         write_audio_file(root / "more" / f"more{i:02d}.ogg", clip(12.0, 300 + i), SR)
     write_audio_file(outside / "secret.ogg", clip(6.0, 999), SR)
@@ -59,6 +61,7 @@ def tree(tmp_path_factory):
     # queries: a re-encoded excerpt of original1 and one of added0 (mp3, well under the upload limit)
     write_audio_file(root / "queries" / "copy-db1.mp3", signals["db1"][:, 2 * SR:9 * SR], SR, bitrate=64000)
     write_audio_file(root / "queries" / "copy-new0.mp3", signals["new0"][:, 1 * SR:8 * SR], SR, bitrate=64000)
+    write_audio_file(root / "queries" / "copy-cli0.mp3", signals["cli0"][:, 1 * SR:8 * SR], SR, bitrate=64000)
     return {"base": base, "root": root, "outside": outside}
 
 
@@ -360,7 +363,7 @@ def test_stopping_a_job_keeps_whole_videos(client, tree):
     alive(client)
 
 
-def test_writer_lock_is_shared_with_the_cli(client, service, tree):
+def test_cli_and_server_share_the_index_and_its_writer_lock(client, service, tree):
     lock = WriterLock(service["index"] / "segments")  # what a CLI `index` holds while it runs
     lock.acquire()
     try:
@@ -370,6 +373,13 @@ def test_writer_lock_is_shared_with_the_cli(client, service, tree):
         assert client.post("/query", json={"path": str(tree["root"] / "queries" / "copy-db1.mp3")}).status_code == 200
     finally:
         lock.release()
+    # a CLI `index` while the server runs: the server's warm engine sees its commit
+    cli_run = subprocess.run([sys.executable, "-m", "ausil_search", "index", str(tree["root"] / "cli"),
+                              "--index", str(service["index"]), "--workers", "0"], capture_output=True, text=True,
+                             timeout=300)
+    assert cli_run.returncode == 0, cli_run.stderr
+    answer = client.post("/query", json={"path": str(tree["root"] / "queries" / "copy-cli0.mp3"), "top_k": 1}).json()
+    assert Path(answer["matches"][0]["path"]).name == "by-cli0.ogg"
 
 
 def test_video_listing_and_removal(client, tree):
