@@ -52,7 +52,7 @@ def cli() -> None:
     """Find videos that share the same audio as a query video (AuSiL, ICPR 2020).
 
     \b
-    Search a collection:        index DIR → query FILE   (also: info, remove)
+    Search a collection:        index DIR → query FILE   (also: info, remove, serve)
     Release-compatible steps:   extract → similarity → evaluate
     Model weights:              weights download | convert | info | init
     """
@@ -370,6 +370,52 @@ def info(index_dir, as_json):
     click.echo(f"model       {details['model'].get('identity')}")
     click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)"))
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
+
+
+@cli.command()
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None, help=INDEX_HELP + "  [default: indexes/default]")
+@click.option("--model", "model_spec", default=None, help="Model file; default: the one that built the index.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Any address but loopback requires a token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--root", "roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory whose files requests may name (query by path, index jobs); repeatable. Without one, "
+                   "only uploads are accepted.")
+@click.option("--token", envvar="AUSIL_SEARCH_TOKEN", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer TOKEN' on every request but /health (prefer the environment "
+                   "variable: a command line is visible to other users).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=2048, show_default=True,
+              help="Largest accepted upload.")
+@click.option("--upload-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where uploads are kept during their query, each in a private folder (default: the system's temp).")
+@click.option("--query-threads", type=click.IntRange(min=1), default=None,
+              help="Queries computed at once (default: the number of cores, at most 4); more wait their turn.")
+@click.option("--workers", type=int, default=None, help="Decoding processes of index jobs (default: cores − 1; 0 = in-process).")
+@click.option("--device", default=None, help=DEVICE_HELP)
+def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload_dir, query_threads, workers, device):
+    """Serve an index over HTTP, with the model loaded once (API docs at /docs).
+
+    \b
+    POST /query  (multipart `file`, or JSON {"path": ...} under a --root)   GET /info, /health
+    POST /index  {"paths": [...]} → background job: GET/DELETE /jobs/ID   GET/DELETE /videos[/ID]
+    """
+    from .service import SERVE_DEPS_HINT
+    from .service.config import ServiceConfig
+
+    config = ServiceConfig(index_dir=index_dir or _default_index(), model=model_spec, host=host, port=port,
+                           roots=tuple(roots), token=token or None, max_upload_bytes=int(max_upload_mb * 2**20),
+                           upload_dir=upload_dir, device=device, index_workers=workers,
+                           **({"query_threads": query_threads} if query_threads else {})).checked()
+    try:
+        from .service.app import Service
+    except ImportError as exc:
+        raise AusilError(f"the service needs packages that are not installed ({exc.name}): {SERVE_DEPS_HINT}") from None
+    service = Service(config).open()
+    info = service.search.info()
+    guard = "token required" if config.token else "no token: loopback only"
+    click.echo(f"serving {info['index']} ({info['videos']} videos) on {service.url} ({guard}); docs at {service.url}/docs",
+               err=True)
+    service.run()
 
 
 # --------------------------------------------------------------------------- training
