@@ -282,3 +282,27 @@ def test_speed_changed_copies_rank_first_with_the_default_model(tmp_path):
         for copy, original in expected.items():
             top = engine.query(copy, top_k=3).matches
             assert top[0].path == original, (copy.name, [(m.path, round(m.score, 3)) for m in top])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 10: the shipped default (ssl1300) was never trained on quiet passages "
+                                       "of loud files; the retrained default must pass this (then drop the mark)")
+def test_quiet_intro_finds_its_source_with_the_default_model(tmp_path):
+    """A clip of an intro 38 dB below the rest of its track: the front-end normalises the clip alone
+    (loud) but the track as a whole (the intro quiet), and the default model must still match them."""
+    sr = 44100
+    db, queries = tmp_path / "db", tmp_path / "queries"
+    db.mkdir()
+    queries.mkdir()
+    track = synth_music(90.0, sr, seed=321)[0]
+    track[: 40 * sr] *= 10 ** (-38 / 20) / np.abs(track[: 40 * sr]).max()  # the intro peaks at -38 dBFS
+    write_video_file(db / "source.mp4", track, sr)
+    for j in range(6):
+        write_audio_file(db / f"distractor{j}.ogg", synth_music(60.0, sr, seed=800 + j), sr)
+    clip = queries / "quiet-intro.mp3"
+    write_audio_file(clip, track[5 * sr : 35 * sr], sr, bitrate=128_000)
+    with SearchEngine(tmp_path / "index", writable=True, workers=0) as engine:
+        engine.index_paths([db])
+        top = engine.query(clip, top_k=3, exhaustive=True).matches
+    assert top[0].path == str(db / "source.mp4"), [(Path(m.path).name, round(m.score, 3)) for m in top]
+    assert top[0].match_span[0] < 40  # found in the intro, not in the loud part
