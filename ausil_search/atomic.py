@@ -28,7 +28,8 @@ def write_failure_reason(directory: str | os.PathLike[str], error: BaseException
     if full or (free is not None and free < LOW_DISK_BYTES):
         return "the disk is full" + ("" if free is None else f": {free >> 20} MiB free")
     lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__) + ("" if free is None else f"; {free >> 20} MiB free on its disk")
+    first = lines[0] if lines else type(error).__name__
+    return first if free is None else f"{first}; {free >> 20} MiB free on its disk"
 
 
 def _fsync(path: Path) -> None:

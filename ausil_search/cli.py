@@ -265,8 +265,11 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
                 bar.write(f"skipped: {error}", file=sys.stderr)
             bar.update(1)
 
+        def on_skip(path, reason):
+            bar.write(f"skipped: {path}: {reason}", file=sys.stderr)
+
         report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file,
-                                    on_skip=lambda path, reason: bar.write(f"skipped: {path}: {reason}", file=sys.stderr))
+                                    on_skip=on_skip)
         info = engine.info()
     if as_json:
         emit_json({**report.to_dict(), "index": info})

@@ -147,20 +147,18 @@ class SearchEngine:
         self.warnings: list[str] = []  # problems that did not stop the engine (a derived file not saved)
         manifest = self._read_manifest()
         store_dir = self.index_dir / SEGMENTS_DIR
-        if manifest is None and not (store_dir / "data.mdb").is_file() and not (writable and (create is None or create)):
+        may_create = writable and create is not False
+        if manifest is None and not may_create and not (store_dir / "data.mdb").is_file():
             raise self._no_index()
         self.store = SegmentStore(store_dir, readonly=not writable)
         try:
-            manifest = self._authoritative_manifest(manifest, creating=writable and create is not False)
+            manifest = self._authoritative_manifest(manifest, may_create)
             self.model = model if isinstance(model, AuSiLModel) else self._load_model(model, manifest)
             self.model.head.to(self.device).eval()
             self.pooling: Pooling = manifest["pooling"] if manifest else (pooling or default_pooling(self.model))
             if manifest is not None:
                 self._check_compatible(manifest)
-            if writable:
-                self.manifest = self._record_manifest(manifest)
-            else:
-                self.manifest = manifest
+            self.manifest = self._record_manifest(manifest) if writable else manifest
             self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
             if changed and writable:
                 try:
@@ -195,7 +193,7 @@ class SearchEngine:
             raise IndexStoreError(f"cannot read {path}: {error.strerror}") from None
         return _validated_manifest(manifest, str(path))
 
-    def _authoritative_manifest(self, manifest: dict | None, creating: bool) -> dict | None:
+    def _authoritative_manifest(self, manifest: dict | None, may_create: bool) -> dict | None:
         """The store's own copy of the manifest when it has one: it describes the vectors the store
         holds, whatever happened to manifest.json. None for a new index."""
         recorded = self.store.get_attribute(MANIFEST_ATTRIBUTE)
@@ -208,7 +206,7 @@ class SearchEngine:
                 f"{self.index_dir} has lost {MANIFEST_NAME} and its store does not say which model built it: "
                 "restore the file, or build a new index in another directory"
             )
-        if not creating:
+        if not may_create:
             raise self._no_index()
         return None
 
@@ -326,8 +324,14 @@ class SearchEngine:
 
         work: list[tuple[Path, FileState, str, bool]] = []
         touched: list[tuple[str, int]] = []
-        for path in walk_media(roots, has_audio_stream, on_skip=skip):
+        renamed: list[tuple[str, str]] = []
+        for walked in walk_media(roots, has_audio_stream, on_skip=skip):
+            path = walked.resolve()  # the key: one entry however the file is reached (links, `..`)
             record = self.store.record_for_path(str(path))
+            if record is None and walked != path:  # indexes from before resolved keys
+                record = self.store.record_for_path(str(walked))
+                if record is not None:
+                    renamed.append((str(walked), str(path)))
             try:
                 state = FileState.of(path)
                 if record is not None and (record.size, record.mtime_ns) == (state.size, state.mtime_ns):
@@ -342,6 +346,8 @@ class SearchEngine:
                 touched.append((str(path), state.mtime_ns))
                 continue
             work.append((path, state, content, record is not None))
+        if renamed:
+            self.store.rename_paths(renamed)
         if touched:
             self.store.update_mtimes(touched)
         on_plan(len(work))

@@ -30,11 +30,14 @@ class NotRegularFile(OSError):
 
 def file_kind(mode: int) -> str:
     """A short name for a non-regular file type, for skip messages."""
-    for test, name in ((stat_mode.S_ISFIFO, "a FIFO"), (stat_mode.S_ISSOCK, "a socket"), (stat_mode.S_ISCHR, "a character device"),
-                       (stat_mode.S_ISBLK, "a block device"), (stat_mode.S_ISDIR, "a directory")):
-        if test(mode):
-            return name
-    return "not a regular file"
+    kinds = (
+        (stat_mode.S_ISFIFO, "a FIFO"),
+        (stat_mode.S_ISSOCK, "a socket"),
+        (stat_mode.S_ISCHR, "a character device"),
+        (stat_mode.S_ISBLK, "a block device"),
+        (stat_mode.S_ISDIR, "a directory"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def describe_os_error(error: OSError) -> str:
@@ -108,10 +111,10 @@ def walk_media(
     has_audio: Callable[[Path], bool],
     on_skip: Callable[[Path, str], None] = lambda path, reason: None,
 ) -> Iterator[Path]:
-    """Media files under `roots` (files are taken as given), resolved, each once, in a stable order.
+    """Media files under `roots` (files are taken as given), each once, in a stable order.
 
-    Symbolic links are followed, and paths are resolved (`..` and links removed), so a file reached
-    through two names is one file. What cannot be used is passed to `on_skip` with a reason: a
+    Symbolic links are followed; a file reached through two names (links, hard links) is yielded
+    once, under the first name met. What cannot be used is passed to `on_skip` with a reason: a
     directory that cannot be listed, a broken or looping link, a FIFO/socket/device with a media
     extension (told by `stat`, never opened), a directory reached a second time (a link loop). Files
     of unknown extension are kept if `has_audio` says so.
@@ -155,7 +158,7 @@ def walk_media(
             if not stat_mode.S_ISREG(mode):
                 on_skip(root, f"{file_kind(mode)}, not a media file")
             elif accept(root):
-                yield root.resolve()
+                yield root
             continue
         for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=True):
             try:
@@ -173,4 +176,4 @@ def walk_media(
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if accept(path):
-                    yield path.resolve()
+                    yield path

@@ -65,15 +65,15 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
     for k in range(files):
         path = db / f"song{k:03d}.wav"
         if not path.exists():
-            write_audio_file(path, synth_music(rng.uniform(3.0, 8.0), SAMPLE_RATE, seed=seed * 1000 + k), SAMPLE_RATE)
+            write_audio_file(path, synth_music(rng.uniform(8.0, 20.0), SAMPLE_RATE, seed=seed * 1000 + k), SAMPLE_RATE)
         songs.append(str(path.resolve()))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir), "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "ausil_search", "index", str(db), "--index", str(index_dir), "--model", str(model),
                "--workers", str(workers), "--commit-every", "2"]
-    orphans, delays, finished_early = [], [], 0
+    orphans, delays, counts, finished_early = [], [], [], []
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        delay = rng.uniform(1.0, 10.0)
+        delay = rng.uniform(1.5, 6.0)  # from start-up (imports, model) to well into extraction
         delays.append(round(delay, 2))
         deadline = time.monotonic() + delay
         children: set[int] = set()
@@ -81,7 +81,7 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
             children.update(_children(process.pid))
             time.sleep(0.05)
         if process.poll() is not None:
-            finished_early += 1
+            finished_early.append(process.returncode)
             continue
         process.kill()
         process.wait()
@@ -89,21 +89,24 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
         while any(_alive(pid) for pid in children) and time.monotonic() < gone_by:
             time.sleep(0.1)
         orphans += [pid for pid in children if _alive(pid)]
+        counts.append(len(_stored(index_dir)) if (index_dir / "segments" / "data.mdb").is_file() else 0)
     final = subprocess.run(command, capture_output=True, text=True, env=env)
     stored = _stored(index_dir)
     leftovers = sorted(p.name for p in tmpdir.iterdir() if p.name.startswith("ausil-"))
     summary = {
         "files": files,
-        "kills": kills - finished_early,
-        "runs_finished_before_their_kill": finished_early,
+        "kills": kills - len(finished_early),
+        "exit_codes_of_runs_done_before_their_kill": finished_early,
         "delays_s": delays,
+        "stored_after_each_kill": counts,
         "orphaned_workers": orphans,
         "final_run_exit_code": final.returncode,
         "temp_files_left": leftovers,
         "stored": len(stored),
         "every_file_exactly_once": sorted(stored) == sorted(songs),
     }
-    summary["ok"] = bool(not orphans and final.returncode == 0 and not leftovers and summary["every_file_exactly_once"])
+    summary["ok"] = bool(not orphans and final.returncode == 0 and not leftovers and summary["every_file_exactly_once"]
+                         and all(code == 0 for code in finished_early))
     return summary
 
 

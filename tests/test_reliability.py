@@ -184,6 +184,20 @@ def test_paths_through_dotdot_and_symlinks_are_one_entry(tmp_path, model_path):
         assert engine.remove([tmp_path / "link" / "sub" / songs[1].name]) == [str(songs[1].resolve())]
 
 
+def test_entry_keyed_by_an_unresolved_path_is_rekeyed_not_duplicated(tmp_path, model_path):
+    """Indexes from before resolved keys hold a file under the path it was walked by (a link)."""
+    (song,) = write_songs(tmp_path / "real", 1, seed=120)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with SearchEngine(tmp_path / "idx", model_path, writable=True, workers=0) as engine:
+        engine.index_paths([song])
+        (record,) = engine.records()
+        assert engine.store.rename_paths([(record.path, str(tmp_path / "link" / song.name))]) == 1  # as it was keyed
+        report = engine.index_paths([tmp_path / "link"])
+        assert (report.added, report.updated, report.unchanged) == (0, 0, 1)
+        (after,) = engine.records()
+        assert after.path == str(song.resolve()) and after.id == record.id
+
+
 def test_same_size_edit_inside_a_wav_is_reindexed(tmp_path, model_path):
     """Bytes changed away from the start, middle and end blocks a sampled fingerprint reads."""
     (song,) = write_songs(tmp_path / "db", 1, seconds=8.0, seed=50)

@@ -113,7 +113,11 @@ def _check_not_truncated(data_file: Path) -> None:
         return
     except OSError as error:
         raise IndexStoreError(f"cannot read segment store {data_file.parent}: {error.strerror}") from None
-    metas = [m for m in (first, second) if len(m) == _META_END and struct.unpack_from("<I", m, _META_MAGIC_AT)[0] == _LMDB_MAGIC]
+    metas = [
+        meta
+        for meta in (first, second)
+        if len(meta) == _META_END and struct.unpack_from("<I", meta, _META_MAGIC_AT)[0] == _LMDB_MAGIC
+    ]
     current = max(metas, key=lambda meta: struct.unpack_from("<Q", meta, _META_TXNID_AT)[0])
     needed = (struct.unpack_from("<Q", current, _META_LAST_PAGE_AT)[0] + 1) * page_size
     if size < needed or len(second) < _META_END:
@@ -357,18 +361,33 @@ class SegmentStore:
         later runs skip them without reading. Ids stay: the content, hence the FAISS file, is the same."""
 
         def body(txn: lmdb.Transaction) -> int:
+            return sum(self._update_metadata(txn, path, mtime_ns=int(mtime_ns)) for path, mtime_ns in updates)
+
+        return self._write(body)
+
+    def rename_paths(self, renames: Sequence[tuple[str, str]]) -> int:
+        """Re-key records from old to new paths in one transaction (a path already taken is left
+        alone); ids and contents stay. Returns how many were renamed."""
+
+        def body(txn: lmdb.Transaction) -> int:
             count = 0
-            for path, mtime_ns in updates:
-                key = txn.get(_path_key(path), db=self._dbs["paths"])
-                if key is None:
-                    continue
-                metadata = json.loads(txn.get(key, db=self._dbs["videos"]))
-                metadata["mtime_ns"] = int(mtime_ns)
-                txn.put(key, json.dumps(metadata).encode(), db=self._dbs["videos"])
-                count += 1
+            for old, new in renames:
+                taken = txn.get(_path_key(new), db=self._dbs["paths"]) is not None
+                if not taken and self._update_metadata(txn, old, path=new):
+                    txn.put(_path_key(new), txn.pop(_path_key(old), db=self._dbs["paths"]), db=self._dbs["paths"])
+                    count += 1
             return count
 
         return self._write(body)
+
+    def _update_metadata(self, txn: lmdb.Transaction, stored_path: str, **changes: Any) -> bool:
+        """Change fields of the metadata of the record of `stored_path`; False if there is none."""
+        key = txn.get(_path_key(stored_path), db=self._dbs["paths"])
+        if key is None:
+            return False
+        metadata = json.loads(txn.get(key, db=self._dbs["videos"]))
+        txn.put(key, json.dumps({**metadata, **changes}).encode(), db=self._dbs["videos"])
+        return True
 
     def _encode(
         self,
