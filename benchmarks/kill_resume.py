@@ -1,7 +1,8 @@
 """`kill -9` an index run at random moments, then check what it left (issue 16).
 
 Writes FILES short songs, starts `ausil-search index` on them (decode workers on) and kills it with
-SIGKILL after a random delay, KILLS times, each run resuming the last; then lets one run finish.
+SIGKILL at a random moment, KILLS times (every other one after the run has committed something),
+each run resuming the last; then lets one run finish.
 After every kill: no decode worker outlives its parent (checked within 10 s). At the end: no
 scratch file is left in the run's TMPDIR, the index opens, and it holds every file exactly once.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from ausil_search.errors import IndexStoreError  # noqa: E402
 from ausil_search.stores import SegmentStore  # noqa: E402
 from media import synth_music, write_audio_file  # noqa: E402
 
@@ -50,6 +52,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _count(index_dir: Path) -> int:
+    """Videos committed so far; 0 while a first run is still creating the store."""
+    try:
+        return len(_stored(index_dir))
+    except IndexStoreError:
+        return 0
+
+
 def _stored(index_dir: Path) -> list[str]:
     with SegmentStore(index_dir / "segments", readonly=True) as store:
         return [record.path for record in store.iter_records()]
@@ -71,15 +81,21 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
     command = [sys.executable, "-m", "ausil_search", "index", str(db), "--index", str(index_dir), "--model", str(model),
                "--workers", str(workers), "--commit-every", "2"]
     orphans, delays, counts, finished_early = [], [], [], []
-    for _ in range(kills):
+    for kill in range(kills):
+        before = _count(index_dir)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        delay = rng.uniform(1.5, 6.0)  # from start-up (imports, model) to well into extraction
-        delays.append(round(delay, 2))
-        deadline = time.monotonic() + delay
+        started = time.monotonic()
         children: set[int] = set()
-        while time.monotonic() < deadline and process.poll() is None:
+        # Even kills land anywhere from start-up to extraction; odd ones after this run committed.
+        deadline = started + rng.uniform(0.5, 5.0) if kill % 2 == 0 else None
+        while process.poll() is None:
             children.update(_children(process.pid))
+            if deadline is None and _count(index_dir) > before:
+                deadline = time.monotonic() + rng.uniform(0.0, 2.0)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             time.sleep(0.05)
+        delays.append(round(time.monotonic() - started, 2))
         if process.poll() is not None:
             finished_early.append(process.returncode)
             continue
@@ -89,7 +105,7 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
         while any(_alive(pid) for pid in children) and time.monotonic() < gone_by:
             time.sleep(0.1)
         orphans += [pid for pid in children if _alive(pid)]
-        counts.append(len(_stored(index_dir)) if (index_dir / "segments" / "data.mdb").is_file() else 0)
+        counts.append(_count(index_dir))
     final = subprocess.run(command, capture_output=True, text=True, env=env)
     stored = _stored(index_dir)
     leftovers = sorted(p.name for p in tmpdir.iterdir() if p.name.startswith("ausil-"))
@@ -97,7 +113,7 @@ def stress(work: Path, model: Path, files: int = 40, kills: int = 20, seed: int 
         "files": files,
         "kills": kills - len(finished_early),
         "exit_codes_of_runs_done_before_their_kill": finished_early,
-        "delays_s": delays,
+        "seconds_to_each_kill": delays,
         "stored_after_each_kill": counts,
         "orphaned_workers": orphans,
         "final_run_exit_code": final.returncode,
