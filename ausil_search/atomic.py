@@ -3,13 +3,33 @@ of a new one (model files, FAISS indexes, feature files, manifests, reports)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+LOW_DISK_BYTES = 64 << 20  # a failed write with less free space than this is reported as a full disk
+
+
+def write_failure_reason(directory: str | os.PathLike[str], error: BaseException) -> str:
+    """Why a write under `directory` failed, in a few words for a one-line message. A full disk is
+    named as such: LMDB reports a short write as EIO and FAISS as a bare failed fwrite."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or os.strerror(errno.ENOSPC) in str(error)
+    if full or (free is not None and free < LOW_DISK_BYTES):
+        return "the disk is full" + ("" if free is None else f": {free >> 20} MiB free")
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    return first if free is None else f"{first}; {free >> 20} MiB free on its disk"
 
 
 def _fsync(path: Path) -> None:

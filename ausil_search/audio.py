@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def _open_media(path: PathLike) -> av.container.InputContainer:
         raise InputError(f"{path}: file not found")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a media file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        raise InputError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     try:

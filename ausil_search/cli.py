@@ -6,6 +6,7 @@ a traceback always means a bug.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -30,6 +31,12 @@ class FriendlyGroup(click.Group):
             return super().invoke(ctx)
         except AusilError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk is the user's situation, not a bug; the modules that write say what was kept.
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}the disk is full ({exc.strerror})") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -73,7 +80,7 @@ def cli() -> None:
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
 @click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def extract(videos_file, output, file_format, step_ms, model_spec, device, batch_size, precision, workers, as_json):
     """Extract per-segment descriptors (N × 2528) of every video in a list.
@@ -219,6 +226,11 @@ def _default_index() -> Path:
     return DEFAULT_INDEX_DIR
 
 
+def _print_warnings(engine) -> None:
+    for warning in engine.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _fmt_time(seconds: float) -> str:
     minutes, secs = divmod(max(seconds, 0.0), 60)
     return f"{int(minutes)}:{secs:04.1f}"
@@ -230,7 +242,7 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--model", "model_spec", default=None, help=MODEL_HELP + " An existing index keeps the model it was built with.")
 @click.option("--prune", is_flag=True, help="Also remove entries under PATHS whose files are gone.")
 @click.option("--device", default=None, help=DEVICE_HELP)
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
 @click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
@@ -247,13 +259,18 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
 
     engine = SearchEngine(index_dir or _default_index(), model_spec, writable=True, device=device,
                           workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
+    _print_warnings(engine)
     with engine, progress_bar(desc="index", unit="file") as bar:
         def on_file(path, error):
             if error:
                 bar.write(f"skipped: {error}", file=sys.stderr)
             bar.update(1)
 
-        report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file)
+        def on_skip(path, reason):
+            bar.write(f"skipped: {path}: {reason}", file=sys.stderr)
+
+        report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file,
+                                    on_skip=on_skip)
         info = engine.info()
     if as_json:
         emit_json({**report.to_dict(), "index": info})
@@ -292,6 +309,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
 
     from .engine import SearchEngine
 
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be combined")
     engine = SearchEngine(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer:
@@ -344,7 +363,8 @@ def remove(paths, index_dir, as_json):
     """Remove the entries of these files, or of every file under these directories, from the index."""
     from .engine import SearchEngine
 
-    with SearchEngine(index_dir or _default_index(), writable=True, workers=0) as engine:
+    with SearchEngine(index_dir or _default_index(), writable=True, workers=0, create=False) as engine:
+        _print_warnings(engine)
         removed = engine.remove(paths)
     if as_json:
         emit_json({"removed": removed})

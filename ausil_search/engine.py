@@ -12,13 +12,14 @@ batch and a rerun only processes what is missing or changed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,17 +27,19 @@ import torch
 from .audio import probe
 from .backbone import DESCRIPTOR_DIM
 from .devices import pick_device
-from .atomic import write_json_atomic
+from .atomic import write_failure_reason, write_json_atomic
 from .errors import AusilError, IndexStoreError, InputError
 from .extraction import Extractor
 from .model import AuSiLModel, load_model, resolve_model_path
-from .scan import FileState, fingerprint, walk_media
+from .scan import FileState, content_hash, describe_os_error, walk_media
 from .spectrogram import FrontEnd, segment_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
 
 INDEX_FORMAT_VERSION = 1
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 MANIFEST_NAME = "manifest.json"
+MANIFEST_ATTRIBUTE = "manifest"  # the store's copy of the manifest (SegmentStore attribute)
+REQUIRED_MANIFEST_KEYS = ("model.sha256", "model.identity", "frontend", "pooling")
 SEGMENTS_DIR = "segments"
 GLOBAL_INDEX_NAME = "global.faiss"
 COMMIT_EVERY_VIDEOS = 16
@@ -133,25 +136,38 @@ class SearchEngine:
         precision: str = "fused",
         pooling: Pooling | None = None,
         commit_every: int = COMMIT_EVERY_VIDEOS,
+        create: bool | None = None,
     ):
+        """`create` (default: `writable`) allows making a new index where there is none; commands
+        that only change an index (remove) pass False, so a mistyped --index is an error."""
         self.index_dir = Path(index_dir)
         self.commit_every = commit_every
         self.writable = writable
         self.device = pick_device(device)
+        self.warnings: list[str] = []  # problems that did not stop the engine (a derived file not saved)
         manifest = self._read_manifest()
-        if manifest is None and not writable:
-            raise IndexStoreError(f"no index at {self.index_dir}: build one with `ausil-search index DIR`")
-        self.model = model if isinstance(model, AuSiLModel) else self._load_model(model, manifest)
-        self.model.head.to(self.device).eval()
-        self.pooling: Pooling = manifest["pooling"] if manifest else (pooling or default_pooling(self.model))
-        if manifest is not None:
-            self._check_compatible(manifest)
-        self.store = SegmentStore(self.index_dir / SEGMENTS_DIR, readonly=not writable)
-        if manifest is None:
-            self._write_manifest()
-        self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
-        if changed and writable:
-            self.global_index.save(self.global_path)
+        store_dir = self.index_dir / SEGMENTS_DIR
+        may_create = writable and create is not False
+        if manifest is None and not may_create and not (store_dir / "data.mdb").is_file():
+            raise self._no_index()
+        self.store = SegmentStore(store_dir, readonly=not writable)
+        try:
+            manifest = self._authoritative_manifest(manifest, may_create)
+            self.model = model if isinstance(model, AuSiLModel) else self._load_model(model, manifest)
+            self.model.head.to(self.device).eval()
+            self.pooling: Pooling = manifest["pooling"] if manifest else (pooling or default_pooling(self.model))
+            if manifest is not None:
+                self._check_compatible(manifest)
+            self.manifest = self._record_manifest(manifest) if writable else manifest
+            self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
+            if changed and writable:
+                try:
+                    self.global_index.save(self.global_path)
+                except IndexStoreError as error:  # derived data: used from memory, rebuilt at the next open
+                    self.warnings.append(str(error))
+        except BaseException:
+            self.store.close()
+            raise
         self._extractor_options = {"device": str(self.device), "workers": workers, "batch_size": batch_size,
                                    "precision": precision}
         self._extractor: Extractor | None = None
@@ -162,6 +178,9 @@ class SearchEngine:
     def global_path(self) -> Path:
         return self.index_dir / GLOBAL_INDEX_NAME
 
+    def _no_index(self) -> IndexStoreError:
+        return IndexStoreError(f"no index at {self.index_dir}: build one with `ausil-search index DIR`")
+
     def _read_manifest(self) -> dict | None:
         path = self.index_dir / MANIFEST_NAME
         if not path.is_file():
@@ -170,11 +189,26 @@ class SearchEngine:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise IndexStoreError(f"{path}: damaged manifest (not JSON)") from None
-        if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        except OSError as error:
+            raise IndexStoreError(f"cannot read {path}: {error.strerror}") from None
+        return _validated_manifest(manifest, str(path))
+
+    def _authoritative_manifest(self, manifest: dict | None, may_create: bool) -> dict | None:
+        """The store's own copy of the manifest when it has one: it describes the vectors the store
+        holds, whatever happened to manifest.json. None for a new index."""
+        recorded = self.store.get_attribute(MANIFEST_ATTRIBUTE)
+        if recorded is not None:
+            return _validated_manifest(recorded, f"the manifest recorded in {self.store.path}")
+        if manifest is not None:
+            return manifest  # an index from before the store kept a copy
+        if len(self.store):
             raise IndexStoreError(
-                f"{self.index_dir}: index format {manifest.get('format_version')}, this program reads {INDEX_FORMAT_VERSION}"
+                f"{self.index_dir} has lost {MANIFEST_NAME} and its store does not say which model built it: "
+                "restore the file, or build a new index in another directory"
             )
-        return manifest
+        if not may_create:
+            raise self._no_index()
+        return None
 
     def _load_model(self, spec: str | Path | None, manifest: dict | None) -> AuSiLModel:
         if spec is None and manifest is not None:
@@ -195,8 +229,27 @@ class SearchEngine:
         if manifest["frontend"] != self.model.frontend.to_dict():
             raise IndexStoreError(f"{self.index_dir} was built with other front-end parameters than this model's")
 
-    def _write_manifest(self) -> None:
-        manifest = {
+    def _record_manifest(self, manifest: dict | None) -> dict:
+        """Write what is missing of the manifest: the store's copy (what later opens check) and
+        manifest.json (for people and tools). A new index that cannot be recorded is an error; an
+        existing one that cannot be (a full disk) opens with a warning."""
+        new = manifest is None
+        if new:
+            manifest = self._new_manifest()
+        try:
+            if self.store.get_attribute(MANIFEST_ATTRIBUTE) is None:
+                self.store.set_attribute(MANIFEST_ATTRIBUTE, manifest)
+            if not (self.index_dir / MANIFEST_NAME).is_file():
+                write_json_atomic(self.index_dir / MANIFEST_NAME, manifest, indent=2)
+        except (OSError, IndexStoreError) as error:
+            reason = str(error) if isinstance(error, IndexStoreError) else write_failure_reason(self.index_dir, error)
+            if new:
+                raise IndexStoreError(f"cannot create index {self.index_dir}: {reason}") from None
+            self.warnings.append(f"cannot record the manifest of {self.index_dir}: {reason}")
+        return manifest
+
+    def _new_manifest(self) -> dict:
+        return {
             "format_version": INDEX_FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "model": {
@@ -210,7 +263,6 @@ class SearchEngine:
             "segment_dtype": str(self.store.dtype),
             "pooling": self.pooling,
         }
-        write_json_atomic(self.index_dir / MANIFEST_NAME, manifest, indent=2)
 
     @property
     def frontend(self) -> FrontEnd:
@@ -251,10 +303,15 @@ class SearchEngine:
         prune: bool = False,
         on_plan: Callable[[int], None] = lambda n: None,
         on_file: Callable[[Path, str | None], None] = lambda path, error: None,
+        on_skip: Callable[[Path, str], None] = lambda path, reason: None,
     ) -> IndexReport:
         """Bring the index in line with the media under `roots`; see the module doc for guarantees.
 
-        `on_plan(n)` is told how many files need work, `on_file(path, error)` after each of them.
+        `on_skip(path, reason)` hears of each path passed over while planning (unreadable, not a
+        regular file, a directory that cannot be listed, a broken link), `on_plan(n)` how many files
+        need work, `on_file(path, error)` the outcome of each of them. Files are keyed by their
+        resolved path. One whose size and mtime match its record is not read; otherwise its whole
+        content is hashed, and a file that was only touched keeps its entry (its new mtime is noted).
         """
         self._require_writable()
         started = time.perf_counter()
@@ -263,20 +320,36 @@ class SearchEngine:
 
         def skip(path: Path, reason: str) -> None:
             report.skipped[str(path)] = reason
+            on_skip(path, reason)
 
         work: list[tuple[Path, FileState, str, bool]] = []
-        for path in walk_media(roots, has_audio_stream, on_skip=skip):
-            key = str(path.absolute())
-            state = FileState.of(path)
-            record = self.store.record_for_path(key)
-            if record is not None and (record.size, record.mtime_ns) == (state.size, state.mtime_ns):
-                report.unchanged += 1
+        touched: list[tuple[str, int]] = []
+        renamed: list[tuple[str, str]] = []
+        for walked in walk_media(roots, has_audio_stream, on_skip=skip):
+            path = walked.resolve()  # the key: one entry however the file is reached (links, `..`)
+            record = self.store.record_for_path(str(path))
+            if record is None and walked != path:  # indexes from before resolved keys
+                record = self.store.record_for_path(str(walked))
+                if record is not None:
+                    renamed.append((str(walked), str(path)))
+            try:
+                state = FileState.of(path)
+                if record is not None and (record.size, record.mtime_ns) == (state.size, state.mtime_ns):
+                    report.unchanged += 1
+                    continue
+                content = content_hash(path)
+            except OSError as exc:  # unreadable, vanished, or replaced by a FIFO since the walk
+                skip(path, describe_os_error(exc))
                 continue
-            content = fingerprint(path)
             if record is not None and record.fingerprint == content and record.size == state.size:
                 report.unchanged += 1  # touched, not changed
+                touched.append((str(path), state.mtime_ns))
                 continue
             work.append((path, state, content, record is not None))
+        if renamed:
+            self.store.rename_paths(renamed)
+        if touched:
+            self.store.update_mtimes(touched)
         on_plan(len(work))
 
         batch: list[tuple[VideoFile, np.ndarray, np.ndarray]] = []
@@ -291,39 +364,41 @@ class SearchEngine:
                 report.added += len(batch) - replacing
             batch, replacing, last_commit = [], 0, time.monotonic()
 
-        try:
-            details = {str(path): (state, content, known) for path, state, content, known in work}
-            for video in self.extractor().run([path for path, *_ in work]):
-                state, content, known = details[str(video.path)]
-                if not video.ok:
-                    skip(video.path, video.error or "unknown error")
-                    on_file(video.path, video.error)
-                    continue
-                segments, pooled = self.embed_for_store(video.descriptors)
-                record = VideoFile(
-                    path=str(video.path.absolute()),
-                    size=state.size,
-                    mtime_ns=state.mtime_ns,
-                    fingerprint=content,
-                    duration_s=video.duration_s,
-                )
-                batch.append((record, segments, pooled))
-                replacing += int(known)
-                report.audio_seconds += video.duration_s
-                on_file(video.path, None)
-                if len(batch) >= self.commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+        with self._global_index_synced():  # what was committed is searchable, also after an interruption
+            try:
+                details = {str(path): (state, content, known) for path, state, content, known in work}
+                for video in self.extractor().run([path for path, *_ in work]):
+                    state, content, known = details[str(video.path)]
+                    if not video.ok:
+                        report.skipped[str(video.path)] = video.error or "unknown error"
+                        on_file(video.path, video.error)
+                        continue
+                    segments, pooled = self.embed_for_store(video.descriptors)
+                    record = VideoFile(
+                        path=str(video.path),
+                        size=state.size,
+                        mtime_ns=state.mtime_ns,
+                        fingerprint=content,
+                        duration_s=video.duration_s,
+                    )
+                    batch.append((record, segments, pooled))
+                    replacing += int(known)
+                    report.audio_seconds += video.duration_s
+                    on_file(video.path, None)
+                    if len(batch) >= self.commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+                        commit()
+                commit()
+                if prune:
+                    report.removed = self._prune(roots)
+            except KeyboardInterrupt:
+                # Videos already extracted are kept; the caller learns of the interruption from the report.
+                commit()
+                report.interrupted = True
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep what was extracted, if the store still can
                     commit()
-            commit()
-            if prune:
-                report.removed = self._prune(roots)
-        except KeyboardInterrupt:
-            # Videos already extracted are kept; the caller learns of the interruption from the report.
-            commit()
-            report.interrupted = True
-        finally:
-            # Whatever was committed is searchable right away, also after an interruption.
-            self._sync_global_index()
-            report.seconds = time.perf_counter() - started
+                raise
+        report.seconds = time.perf_counter() - started
         return report
 
     def add_embedded(self, videos: Iterable[tuple[VideoFile, np.ndarray]]) -> int:
@@ -336,7 +411,7 @@ class SearchEngine:
         self._require_writable()
         batch: list[tuple[VideoFile, np.ndarray, np.ndarray]] = []
         added = 0
-        try:
+        with self._global_index_synced():
             for record, segments in videos:
                 segments = np.asarray(segments)
                 if segments.ndim != 2 or len(segments) == 0:
@@ -348,13 +423,11 @@ class SearchEngine:
                     batch = []
             if batch:
                 added += len(self.store.add_videos(batch).ids)
-        finally:
-            self._sync_global_index()
         return added
 
     def _prune(self, roots: Sequence[Path]) -> int:
-        """Remove records under `roots` whose files are gone."""
-        prefixes = [str(root) + os.sep for root in roots]
+        """Remove records under `roots` (as given or resolved) whose files are gone."""
+        prefixes = [str(root) + os.sep for root in _spellings(roots)]
         gone = [
             record.path
             for record in self.store.iter_records()
@@ -365,18 +438,31 @@ class SearchEngine:
     def remove(self, paths: Iterable[Path]) -> list[str]:
         """Remove the entries of these files (or of every file under these directories)."""
         self._require_writable()
-        wanted = [str(Path(p).absolute()) for p in paths]
+        wanted = [str(p) for p in _spellings(paths)]
         prefixes = tuple(w.rstrip(os.sep) + os.sep for w in wanted)
         targets = [r.path for r in self.store.iter_records() if r.path in wanted or r.path.startswith(prefixes)]
         if targets:
-            self.store.remove_paths(targets)
-            self._sync_global_index()
+            with self._global_index_synced():
+                self.store.remove_paths(targets)
         return targets
 
     def _sync_global_index(self) -> None:
         self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
         if changed:
             self.global_index.save(self.global_path)
+
+    @contextlib.contextmanager
+    def _global_index_synced(self) -> Iterator[None]:
+        """Bring the FAISS file in line with the store when the block ends. After an error the sync
+        is tried quietly: the FAISS file is derived data (rebuilt from the store at the next open),
+        and a failure to save it (the same full disk) must never hide the error that ended the block."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._sync_global_index()
+            raise
+        self._sync_global_index()
 
     # ---------------------------------------------------------------- queries
 
@@ -400,15 +486,18 @@ class SearchEngine:
         clock = time.perf_counter()
         if exhaustive:
             ids = self.store.ids()
-        else:
-            _, found = self.global_index.search(pool_segments(query, self.pooling)[None], candidates, nprobe)
+        elif (depth := min(candidates, len(self.global_index))) > 0:  # FAISS allocates k results per query
+            _, found = self.global_index.search(pool_segments(query, self.pooling)[None], depth, nprobe)
             ids = found[0][found[0] >= 0]
+        else:
+            ids = np.empty(0, dtype=np.int64)
         timings["recall_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         scores = self._rerank(query, ids)
         order = np.argsort(-scores, kind="stable")[:top_k]
-        matches = [self._match(rank + 1, query, int(ids[i]), float(scores[i]), spans) for rank, i in enumerate(order)]
+        matches = [self._match(rank + 1, query, video.duration_s, int(ids[i]), float(scores[i]), spans)
+                   for rank, i in enumerate(order)]
         timings["rerank_s"] = time.perf_counter() - clock
         return QueryResult(str(path), video.duration_s, matches, len(ids), exhaustive, timings)
 
@@ -421,30 +510,31 @@ class SearchEngine:
                 scores[start:start + len(chunk)] = self.model.head.score_many(query, candidates).float().cpu().numpy()
         return scores
 
-    def _match(self, rank: int, query: torch.Tensor, video_id: int, score: float, spans: bool = True) -> Match:
+    def _match(self, rank: int, query: torch.Tensor, query_duration: float, video_id: int, score: float,
+               spans: bool = True) -> Match:
         record = self.store.get(video_id)
         query_span = match_span = None
         if spans:
             segments = torch.from_numpy(self.store.segments(video_id)).to(self.device)
             with torch.inference_mode():
                 rows, columns = self.model.head.locate(query, segments)
-            query_span = self._span_seconds(rows, len(query), None)
+            query_span = self._span_seconds(rows, len(query), query_duration)  # a short query is padded
             match_span = self._span_seconds(columns, record.n_segments, record.duration_s)
         return Match(rank=rank, score=score, video_id=video_id, path=record.path, duration_s=record.duration_s,
                      query_span=query_span, match_span=match_span)
 
-    def _span_seconds(self, span: range, n_segments: int, duration: float | None) -> tuple[float, float]:
+    def _span_seconds(self, span: range, n_segments: int, duration: float) -> tuple[float, float]:
         start = segment_span_seconds(span.start, self.frontend)[0]
         end = segment_span_seconds(min(span.stop, n_segments) - 1, self.frontend)[1]
-        if duration is not None:
-            end = min(end, duration)
+        end = min(end, duration)  # the last window reaches into zero padding
+        start = min(start, end)
         return round(start, 2), round(end, 2)
 
     # ---------------------------------------------------------------- description
 
     def info(self) -> dict:
         stats = self.store.stats()
-        manifest = self._read_manifest() or {}
+        manifest = self.manifest or {}
         index_bytes = sum(f.stat().st_size for f in self.index_dir.glob("*") if f.is_file())
         return {
             "index": str(self.index_dir),
@@ -471,6 +561,33 @@ class SearchEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _validated_manifest(manifest: object, source: str) -> dict:
+    """`manifest` if it is of this format and has every key the engine reads, else a one-line error."""
+    if not isinstance(manifest, dict):
+        raise IndexStoreError(f"{source}: damaged manifest (not a JSON object)")
+    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        raise IndexStoreError(
+            f"{source}: index format {manifest.get('format_version')}, this program reads {INDEX_FORMAT_VERSION}"
+        )
+    for key in REQUIRED_MANIFEST_KEYS:
+        value: object = manifest
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise IndexStoreError(f"{source}: damaged manifest (no {key!r})")
+    return manifest
+
+
+def _spellings(paths: Iterable[Path]) -> list[Path]:
+    """Each path absolute and resolved: records are keyed by resolved paths (indexes built before
+    that may hold absolute ones), so a removal or prune must match either."""
+    out: dict[Path, None] = {}
+    for path in paths:
+        out[Path(path).absolute()] = None
+        out[Path(path).resolve()] = None
+    return list(out)
 
 
 __all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "resolve_model_path"]

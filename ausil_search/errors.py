@@ -15,3 +15,7 @@ class WeightsError(AusilError):
 
 class IndexStoreError(AusilError):
     """An index directory that is missing, locked, or was built with another model or front-end."""
+
+
+class DiskFullError(AusilError):
+    """A disk (the index's, or the temporary directory's) has no room left; what was committed is kept."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ import numpy as np
 
 from .audio import decode_audio
 from .backbone import SegmentEncoder
-from .errors import InputError
+from .errors import AusilError, InputError
 from .model import AuSiLModel
+from .scratch import ScratchDir, die_with_parent, spill_writes
 from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, segment_count
 
 # Log-mels longer than this (frames; ≈ 10 min) leave a worker through a temporary file.
@@ -58,7 +60,7 @@ class ExtractedVideo:
 
 
 def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None) -> LogMel:
-    accumulator = LogMelAccumulator(frontend)
+    accumulator = LogMelAccumulator(frontend, spill_dir=spill_dir)
     n_samples = 0
     for chunk in decode_audio(path, sample_rate=frontend.sample_rate):
         accumulator.push(chunk)
@@ -69,15 +71,23 @@ def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None
     duration = n_samples / frontend.sample_rate
     if len(frames) <= INLINE_FRAMES_MAX:
         return LogMel(np.ascontiguousarray(frames, dtype=np.float32), None, duration)
-    fd, spill = tempfile.mkstemp(prefix="ausil-logmel-", suffix=".npy", dir=spill_dir)
-    with os.fdopen(fd, "wb") as handle:
-        np.save(handle, np.asarray(frames, dtype=np.float32))
+    with spill_writes(spill_dir):
+        fd, spill = tempfile.mkstemp(prefix="ausil-logmel-", suffix=".npy", dir=spill_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, np.asarray(frames, dtype=np.float32))
+        except BaseException:
+            Path(spill).unlink(missing_ok=True)
+            raise
     return LogMel(None, spill, duration)
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
     import torch
 
+    die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent stops the run and ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -85,10 +95,21 @@ def _log_mel_job(path: str, frontend: FrontEnd, spill_dir: str | None) -> LogMel
     """Runs in a worker: user-caused failures come back as a message rather than an exception."""
     try:
         return compute_log_mel(Path(path), frontend, spill_dir)
-    except InputError as exc:
-        return str(exc)
+    except (InputError, OSError) as exc:
+        return _failure(path, exc)
+    except AusilError:  # not the file's fault (a full temporary disk): the run must stop
+        raise
     except Exception as exc:  # a decoder crash on one file must not stop a batch run
-        return f"{path}: cannot process ({type(exc).__name__}: {exc})"
+        return _failure(path, exc)
+
+
+def _failure(path: str | Path, exc: Exception) -> str:
+    """The one-line reason a file was skipped."""
+    if isinstance(exc, InputError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{path}: cannot read ({exc.strerror})"
+    return f"{path}: cannot process ({type(exc).__name__}: {exc})"
 
 
 def default_workers() -> int:
@@ -128,24 +149,31 @@ class Extractor:
 
     def descriptors(self, path: Path) -> ExtractedVideo:
         """One file, in this process (queries); raises InputError for unusable media."""
-        log_mel = compute_log_mel(Path(path), self.frontend)
-        return ExtractedVideo(Path(path), self.encode_log_mel(log_mel), log_mel.duration_s)
+        with ScratchDir() as scratch:
+            log_mel = compute_log_mel(Path(path), self.frontend, str(scratch))
+            return ExtractedVideo(Path(path), self.encode_log_mel(log_mel), log_mel.duration_s)
 
     def run(self, paths: Iterable[Path]) -> Iterator[ExtractedVideo]:
-        """Every path in order; files that fail are yielded with `error` set instead of raising."""
+        """Every path in order; files that fail are yielded with `error` set instead of raising.
+
+        Workers die with this process (even on SIGKILL), ignore Ctrl-C (this process stops the
+        run and ends them), and spill into a scratch directory that a later run removes if this
+        one cannot (see `scratch`).
+        """
         paths = [Path(p) for p in paths]
         if self.workers == 0 or len(paths) <= 1:
             for path in paths:
                 try:
                     yield self.descriptors(path)
-                except InputError as exc:
-                    yield ExtractedVideo(path, error=str(exc))
+                except (InputError, OSError) as exc:  # as in a worker: one file never stops the run
+                    yield ExtractedVideo(path, error=_failure(path, exc))
             return
         context = multiprocessing.get_context("spawn")
         ahead = 2 * self.workers
-        with tempfile.TemporaryDirectory(prefix="ausil-spill-") as spill_dir, ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_worker_init
-        ) as pool:
+        finished = False
+        with ScratchDir() as spill_dir:
+            pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
+                                       initargs=(os.getpid(),))
             pending: list[tuple[Path, Future]] = []
             queue = iter(paths)
             try:
@@ -154,7 +182,7 @@ class Extractor:
                         path = next(queue, None)
                         if path is None:
                             break
-                        pending.append((path, pool.submit(_log_mel_job, str(path), self.frontend, spill_dir)))
+                        pending.append((path, pool.submit(_log_mel_job, str(path), self.frontend, str(spill_dir))))
                     if not pending:
                         break
                     path, future = pending.pop(0)
@@ -163,6 +191,12 @@ class Extractor:
                         yield ExtractedVideo(path, error=outcome)
                         continue
                     yield ExtractedVideo(path, self.encode_log_mel(outcome), outcome.duration_s)
+                finished = True
             finally:
-                for _, future in pending:
-                    future.cancel()
+                workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+                pool.shutdown(wait=finished, cancel_futures=True)
+                if not finished:  # interrupted or failed: do not wait for files being decoded
+                    for process in workers:
+                        process.terminate()
+                    for process in workers:
+                        process.join(5)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, decode_audio
+from .scratch import spill_writes
 
 # The paper's time-step ablation: step in ms -> (step frames, window frames).
 STEP_MS_PRESETS = {1000: (87, 174), 500: (44, 174), 250: (22, 174), 125: (11, 176)}
@@ -303,21 +304,23 @@ class LogMelAccumulator:
 
     def _store(self, records: np.ndarray) -> None:
         self._n_records += len(records)
-        if self._spill_file is None and self._n_records > self._spill_after_frames:
-            self._spill_file = tempfile.TemporaryFile(dir=self._spill_dir)
-            for block in self._blocks:
-                self._spill_file.write(block.tobytes())
-            self._blocks = []
-        if self._spill_file is None:
-            self._blocks.append(records)
-        else:
-            self._spill_file.write(records.tobytes())
+        with spill_writes(self._spill_dir):
+            if self._spill_file is None and self._n_records > self._spill_after_frames:
+                self._spill_file = tempfile.TemporaryFile(dir=self._spill_dir)
+                for block in self._blocks:
+                    self._spill_file.write(block.tobytes())
+                self._blocks = []
+            if self._spill_file is None:
+                self._blocks.append(records)
+            else:
+                self._spill_file.write(records.tobytes())
 
     def _take_records(self) -> np.ndarray:
         if self._spill_file is None:
             records = np.concatenate(self._blocks) if self._blocks else np.empty(0, self._record)
         else:
-            self._spill_file.flush()
+            with spill_writes(self._spill_dir):
+                self._spill_file.flush()
             records = np.memmap(self._spill_file, dtype=self._record, mode="r", shape=(self._n_records,))
             self._spill_file.close()  # the mapping keeps the unnamed file alive until it is dropped
             self._spill_file = None
@@ -328,7 +331,9 @@ class LogMelAccumulator:
         shape = (n_frames, self.frontend.n_mels)
         if not spilled:
             return np.empty(shape, dtype=np.float32)
-        with tempfile.TemporaryFile(dir=self._spill_dir) as backing:
+        with spill_writes(self._spill_dir), tempfile.TemporaryFile(dir=self._spill_dir) as backing:
+            # Reserve the blocks first: a write to a mapped page the disk has no room for is a SIGBUS.
+            os.posix_fallocate(backing.fileno(), 0, math.prod(shape) * np.dtype(np.float32).itemsize)
             return np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
 
 

@@ -97,7 +97,7 @@ def test_index_reports_broken_files_and_counts(collection, built_index):
     expected_videos = N_ORIGINALS + N_DISTRACTORS + 1  # + tiny.wav
     assert report["added"] == expected_videos and report["updated"] == 0
     skipped = {Path(p).name for p in report["skipped"]}
-    assert skipped == {"empty.mp4", "corrupt.mkv", "no_audio.mp4"}
+    assert skipped == {"empty.mp4", "corrupt.mkv", "no_audio.mp4", "loop"}  # loop: a link back to db/
     assert report["index"]["videos"] == expected_videos
     assert report["index"]["global_index"]["type"] == "flat"  # exact at this size
 

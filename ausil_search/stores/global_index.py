@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ausil_search.atomic import atomic_path
+from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
 from ausil_search.stores.segment_store import SegmentStore
 
@@ -249,8 +249,14 @@ class GlobalIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves either the previous file or the new one, never half."""
-        with atomic_path(path, durable=True, sole_writer=True) as partial:
-            faiss.write_index(self._index, str(partial))
+        try:
+            with atomic_path(path, durable=True, sole_writer=True) as partial:
+                faiss.write_index(self._index, str(partial))
+        except (RuntimeError, OSError) as error:
+            raise IndexStoreError(
+                f"cannot save the global index {path} ({write_failure_reason(Path(path).parent, error)}); "
+                "it is derived data, rebuilt from the segment store at the next open"
+            ) from None
 
     @classmethod
     def load(cls, path: Path) -> GlobalIndex:
@@ -268,7 +274,26 @@ class GlobalIndex:
         ivf = isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
         if not (flat or ivf):
             raise IndexStoreError(f"{path} is not a global index of this program")
-        return cls(index)
+        loaded = cls(index)
+        if not loaded._finite():
+            raise IndexStoreError(f"{path} holds non-finite (NaN or inf) vectors")
+        return loaded
+
+    def _finite(self) -> bool:
+        """Whether every stored vector is finite. A NaN scores NaN against every query and takes a
+        place in the top-k that belongs to a real match, so such a file counts as damaged."""
+        if self.nlist is None:
+            flat = faiss.downcast_index(self._index.index)
+            blocks = [faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim)] if self.ntotal else []
+        else:
+            lists = self._index.invlists
+            blocks = [
+                faiss.rev_swig_ptr(lists.get_codes(i), lists.list_size(i) * lists.code_size).view(np.float32)
+                for i in range(self.nlist)
+                if lists.list_size(i)
+            ]
+        step = _BUILD_CHUNK * self.dim
+        return all(np.isfinite(b[i : i + step]).all() for b in blocks for i in range(0, len(b), step))
 
     @classmethod
     def load_or_rebuild(cls, path: Path, store: SegmentStore, dim: int) -> tuple[GlobalIndex, bool]:

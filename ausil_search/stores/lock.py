@@ -37,9 +37,12 @@ class WriterLock:
         except BaseException:
             os.close(fd)
             raise
-        # The pid is only informative (for the message above); the flock is what excludes.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        # The pid is only informative (for the message above); the flock is what excludes. On a
+        # full disk it may not fit, which must not stop a command that only reads or removes.
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".ljust(16).encode("ascii"), 0)
+        except OSError:
+            pass
         self._fd = fd
 
     def release(self) -> None:

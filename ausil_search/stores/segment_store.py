@@ -22,11 +22,10 @@ exclude each other with a `WriterLock` taken when the store is opened for writin
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import h5py
 import lmdb
 import numpy as np
 
-from ausil_search.atomic import atomic_path
+from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
 from ausil_search.stores.lock import WriterLock
 
@@ -47,7 +46,11 @@ HDF5_FORMAT = "ausil-search-segments"
 
 _DB_NAMES = ("videos", "segments", "globals", "paths", "meta")
 _ITER_CHUNK = 1024  # records per read transaction while iterating
-_LOW_DISK_BYTES = 64 << 20  # a failed write with less free space than this is reported as a full disk
+_ATTRIBUTE_PREFIX = b"attr:"  # meta keys of `get_attribute` values, apart from the store's own
+# LMDB meta page layout (64-bit builds): a 16-byte page header, then magic, version, address,
+# map size, the free DB (whose first field holds the page size), the main DB, last page, txn id.
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_MAGIC_AT, _META_PAGE_SIZE_AT, _META_LAST_PAGE_AT, _META_TXNID_AT, _META_END = 16, 40, 136, 144, 152
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,42 @@ class StoreStats:
     total_segments: int
     disk_bytes: int  # blocks actually allocated (data.mdb is sparse)
     map_size_bytes: int
+
+
+def _check_not_truncated(data_file: Path) -> None:
+    """Refuse a `data.mdb` shorter than its last committed page reaches.
+
+    LMDB memory-maps the file and reads pages in place, so a page past the end of a truncated file
+    is a SIGBUS that kills the process before any error can be shown. The two meta pages (the
+    newer by transaction id is current) give the page size and the last used page number.
+    """
+    if struct.calcsize("P") != 8:
+        return  # the offsets below are those of 64-bit builds
+    try:
+        size = data_file.stat().st_size
+        with open(data_file, "rb") as handle:
+            first = handle.read(_META_END)
+            if len(first) < _META_END or struct.unpack_from("<I", first, _META_MAGIC_AT)[0] != _LMDB_MAGIC:
+                return  # not an LMDB file at all: LMDB itself says so, without mapping anything
+            page_size = struct.unpack_from("<I", first, _META_PAGE_SIZE_AT)[0]
+            handle.seek(page_size)
+            second = handle.read(_META_END)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise IndexStoreError(f"cannot read segment store {data_file.parent}: {error.strerror}") from None
+    metas = [
+        meta
+        for meta in (first, second)
+        if len(meta) == _META_END and struct.unpack_from("<I", meta, _META_MAGIC_AT)[0] == _LMDB_MAGIC
+    ]
+    current = max(metas, key=lambda meta: struct.unpack_from("<Q", meta, _META_TXNID_AT)[0])
+    needed = (struct.unpack_from("<Q", current, _META_LAST_PAGE_AT)[0] + 1) * page_size
+    if size < needed or len(second) < _META_END:
+        raise IndexStoreError(
+            f"segment store {data_file.parent} is damaged: data.mdb holds {size} bytes but its last "
+            f"committed page ends at byte {needed} (truncated copy?); restore it or rebuild the index"
+        )
 
 
 def _id_key(video_id: int) -> bytes:
@@ -129,6 +168,7 @@ class SegmentStore:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = WriterLock(self.path)
             self._lock.acquire()
+        _check_not_truncated(self.path / "data.mdb")
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -239,16 +279,22 @@ class SegmentStore:
                 raise
 
     def _write_failure_message(self, error: lmdb.Error) -> str:
-        # LMDB reports a short write (what a full disk usually causes) as EIO, so look at the disk.
-        free = shutil.disk_usage(self.path).free
-        if os.strerror(errno.ENOSPC) in str(error) or free < _LOW_DISK_BYTES:
-            reason = f"the disk is full: {free >> 20} MiB free"
-        else:
-            reason = f"{error}; {free >> 20} MiB free on its disk"
         return (
-            f"writing segment store {self.path} failed ({reason}); the batch in progress was "
-            "not stored, everything committed before it is intact"
+            f"writing segment store {self.path} failed ({write_failure_reason(self.path, error)}); the batch "
+            "in progress was not stored, everything committed before it is intact"
         )
+
+    def get_attribute(self, name: str) -> Any:
+        """A JSON value the store's owner keeps with the data (None when unset); the engine keeps a
+        copy of its manifest here, so the model that built the vectors is known from the store itself."""
+        with self._read_txn() as txn:
+            value = txn.get(_ATTRIBUTE_PREFIX + name.encode(), db=self._dbs["meta"])
+            return None if value is None else json.loads(bytes(value))
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        """Set an attribute in its own transaction (see `get_attribute`)."""
+        encoded = json.dumps(value).encode()
+        self._write(lambda txn: txn.put(_ATTRIBUTE_PREFIX + name.encode(), encoded, db=self._dbs["meta"]))
 
     def _put_meta(self, txn: lmdb.Transaction, meta: dict[str, Any]) -> None:
         for key, value in meta.items():
@@ -256,7 +302,11 @@ class SegmentStore:
 
     def _txn_meta(self, txn: lmdb.Transaction) -> dict[str, Any]:
         cursor = txn.cursor(db=self._dbs["meta"])
-        return {bytes(key).decode(): json.loads(bytes(value)) for key, value in cursor.iternext()}
+        return {
+            bytes(key).decode(): json.loads(bytes(value))
+            for key, value in cursor.iternext()
+            if not bytes(key).startswith(_ATTRIBUTE_PREFIX)
+        }
 
     # ---------------------------------------------------------------- writes
 
@@ -305,6 +355,39 @@ class SegmentStore:
 
         result, self._meta = self._write(body)
         return result
+
+    def update_mtimes(self, updates: Sequence[tuple[str, int]]) -> int:
+        """Note new mtimes of files whose content is unchanged (touched), in one transaction, so
+        later runs skip them without reading. Ids stay: the content, hence the FAISS file, is the same."""
+
+        def body(txn: lmdb.Transaction) -> int:
+            return sum(self._update_metadata(txn, path, mtime_ns=int(mtime_ns)) for path, mtime_ns in updates)
+
+        return self._write(body)
+
+    def rename_paths(self, renames: Sequence[tuple[str, str]]) -> int:
+        """Re-key records from old to new paths in one transaction (a path already taken is left
+        alone); ids and contents stay. Returns how many were renamed."""
+
+        def body(txn: lmdb.Transaction) -> int:
+            count = 0
+            for old, new in renames:
+                taken = txn.get(_path_key(new), db=self._dbs["paths"]) is not None
+                if not taken and self._update_metadata(txn, old, path=new):
+                    txn.put(_path_key(new), txn.pop(_path_key(old), db=self._dbs["paths"]), db=self._dbs["paths"])
+                    count += 1
+            return count
+
+        return self._write(body)
+
+    def _update_metadata(self, txn: lmdb.Transaction, stored_path: str, **changes: Any) -> bool:
+        """Change fields of the metadata of the record of `stored_path`; False if there is none."""
+        key = txn.get(_path_key(stored_path), db=self._dbs["paths"])
+        if key is None:
+            return False
+        metadata = json.loads(txn.get(key, db=self._dbs["videos"]))
+        txn.put(key, json.dumps({**metadata, **changes}).encode(), db=self._dbs["videos"])
+        return True
 
     def _encode(
         self,
