@@ -7,6 +7,8 @@ import json
 import os
 import signal
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -285,3 +287,45 @@ def test_library_returns_the_model_with_its_provenance(media_dir, tmp_path):
     report_path = trained.save(tmp_path / "api.safetensors")
     report = json.loads(report_path.read_text())
     assert report["model"]["identity"] == AuSiLModel.load(tmp_path / "api.safetensors").identity
+
+
+def test_view_workers_die_with_a_killed_trainer(media_dir, tmp_path):
+    """kill -9 of the training process must not leave its batch-making worker running."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "trainer.py"
+    script.write_text(f"""
+import time
+from ausil_search.train.backbone_views import AudioCorpus, ViewBatches
+from ausil_search.train.configs import ViewRecipe
+from ausil_search.spectrogram import FrontEnd
+if __name__ == "__main__":  # the workers are spawned: they import this file
+    corpus = AudioCorpus.from_sources([{str(media_dir)!r}])
+    batches = ViewBatches(corpus, ViewRecipe(excerpt_s=2.6), FrontEnd(), 0, 2, workers=1)
+    next(batches.iterate(0, 100))
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+    trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        workers = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                   if _parent_pid(stat) == trainer.pid]
+        assert workers
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]]
+    assert not alive, f"workers outlived the trainer: {alive}"
+
+
+def _parent_pid(stat_file) -> int | None:
+    try:
+        return int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from .. import augment
 from ..audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
 from ..errors import AusilError, InputError
 from ..media_sources import collect_media
+from ..scratch import die_with_parent
 from ..spectrogram import FrontEnd, log_mel
 from .configs import ViewRecipe
 
@@ -285,8 +287,9 @@ def make_view_batch(corpus: AudioCorpus, recipe: ViewRecipe, frontend: FrontEnd,
 _WORKER_ARGS: tuple | None = None
 
 
-def _worker_init(args: tuple) -> None:
+def _worker_init(args: tuple, parent_pid: int) -> None:
     global _WORKER_ARGS
+    die_with_parent(parent_pid)  # a killed trainer leaves no worker behind
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     torch.set_num_threads(1)
     _WORKER_ARGS = args
@@ -322,7 +325,7 @@ class ViewBatches:
 
             # spawn: forking a process whose torch threads are running is not safe.
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=(self.args,))
+                                             initializer=_worker_init, initargs=(self.args, os.getpid()))
         pending: deque[Future] = deque()
         upcoming = iter(range(first, stop))
         try:
