@@ -94,14 +94,24 @@ class IndexReport:
 
 
 @dataclass
+class Occurrence:
+    """One place the query's audio occurs in a matched video."""
+
+    query_span: tuple[float, float]
+    match_span: tuple[float, float]
+    similarity: float  # mean segment similarity along the matched run
+
+
+@dataclass
 class Match:
     rank: int
     score: float
     video_id: int
     path: str
     duration_s: float
-    query_span: tuple[float, float] | None  # None when the query was run with spans=False
+    query_span: tuple[float, float] | None  # the best occurrence; None when the query was run with spans=False
     match_span: tuple[float, float] | None
+    occurrences: list[Occurrence] = field(default_factory=list)  # every occurrence, in the video's time order
 
 
 @dataclass
@@ -514,14 +524,19 @@ class SearchEngine:
                spans: bool = True) -> Match:
         record = self.store.get(video_id)
         query_span = match_span = None
+        occurrences: list[Occurrence] = []
         if spans:
             segments = torch.from_numpy(self.store.segments(video_id)).to(self.device)
             with torch.inference_mode():
-                rows, columns = self.model.head.locate(query, segments)
-            query_span = self._span_seconds(rows, len(query), query_duration)  # a short query is padded
-            match_span = self._span_seconds(columns, record.n_segments, record.duration_s)
+                found = self.model.head.occurrences(query, segments)
+            occurrences = [Occurrence(self._span_seconds(rows, len(query), query_duration),  # a short query is padded
+                                      self._span_seconds(columns, record.n_segments, record.duration_s),
+                                      round(similarity, 4))
+                           for rows, columns, similarity in found]
+            best = max(occurrences, key=lambda occurrence: occurrence.similarity)
+            query_span, match_span = best.query_span, best.match_span
         return Match(rank=rank, score=score, video_id=video_id, path=record.path, duration_s=record.duration_s,
-                     query_span=query_span, match_span=match_span)
+                     query_span=query_span, match_span=match_span, occurrences=occurrences)
 
     def _span_seconds(self, span: range, n_segments: int, duration: float) -> tuple[float, float]:
         start = segment_span_seconds(span.start, self.frontend)[0]

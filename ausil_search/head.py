@@ -267,6 +267,10 @@ class AuSiLHead(nn.Module):
         widths, heights = valid.any(dim=-2).sum(-1), valid.any(dim=-1).sum(-1)
         return masked_chamfer(maps.clamp(-1.0, 1.0), widths, heights)
 
+    def occurrences(self, q: Tensor, p: Tensor) -> list[tuple[range, range, float]]:
+        """Every place embedded query `q` occurs in embedded database video `p` (:func:`find_occurrences`)."""
+        return find_occurrences(q @ p.T)
+
     def locate(self, q: Tensor, p: Tensor) -> tuple[range, range]:
         """Query and database segment ranges of the best match between two embedded videos.
 
@@ -349,16 +353,31 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
         above = np.flatnonzero(diagonal >= threshold)
         first, last = int(above[0]), int(above[-1]) + 1
         row, column = max(0, -offset), max(0, offset)
-        # The matched columns at the ends of the run: the band's best cell (a tilted run drifts).
-        lo = row + first
-        hi = row + last - 1
-        start = _band_argmax(values[lo], column + first, band)
-        end = _band_argmax(values[hi], column + last - 1, band) + 1
-        found.append((range(lo, hi + 1), range(min(start, end - 1), max(end, start + 1)),
-                      float(diagonal[first:last].mean())))
+        lo, hi = row + first, row + last - 1
+        start, end = _run_columns(values, range(lo, hi + 1), column - row, band, max_speed_change)
+        found.append((range(lo, hi + 1), range(start, end), float(diagonal[first:last].mean())))
     return sorted(found, key=lambda item: item[1].start)
 
 
-def _band_argmax(row: np.ndarray, centre: int, band: int) -> int:
-    low, high = max(0, centre - band), min(len(row), centre + band + 1)
-    return low + int(np.argmax(row[low:high]))
+def _run_columns(values: np.ndarray, rows: range, offset: int, band: int, max_speed_change: float) -> tuple[int, int]:
+    """First and one-past-last database column of a matched run of query `rows` near diagonal `offset`.
+
+    A speed-changed copy tilts the run, so the column where each row matches best (within the band)
+    is fitted with a line whose slope stays within the speed range; its ends give the span, which
+    one noisy row at either end cannot move much.
+    """
+    columns = values.shape[1]
+    best = []
+    for r in rows:
+        low, high = max(0, r + offset - band), min(columns, r + offset + band + 1)
+        best.append(low + int(np.argmax(values[r, low:high])) if high > low else min(max(r + offset, 0), columns - 1))
+    rows_array = np.asarray(rows, np.float64)
+    if len(rows) >= 3:
+        slope, intercept = np.polyfit(rows_array, np.asarray(best, np.float64), 1)
+        slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
+        intercept = float(np.mean(np.asarray(best) - slope * rows_array))
+    else:
+        slope, intercept = 1.0, float(np.mean(np.asarray(best) - rows_array))
+    start = int(np.clip(round(intercept + slope * rows.start), 0, columns - 1))
+    end = int(np.clip(round(intercept + slope * (rows.stop - 1)), start, columns - 1)) + 1
+    return start, end

@@ -306,3 +306,33 @@ def test_quiet_intro_finds_its_source_with_the_default_model(tmp_path):
         top = engine.query(clip, top_k=3, exhaustive=True).matches
     assert top[0].path == str(db / "source.mp4"), [(Path(m.path).name, round(m.score, 3)) for m in top]
     assert top[0].match_span[0] < 40  # found in the intro, not in the loud part
+
+
+@pytest.mark.slow
+def test_every_occurrence_of_a_jingle_is_reported_in_time_order(tmp_path):
+    """A 20-s clip played three times in a 150-s video, once 10 % faster: three spans within 1 s."""
+    from ausil_search.augment import speed_change
+
+    sr = 44100
+    db = tmp_path / "db"
+    db.mkdir()
+    jingle = synth_music(20.0, sr, seed=41)[0]
+    broadcast = synth_music(150.0, sr, seed=42)[0]
+    places = [(20.0, jingle), (70.0, speed_change(jingle, sr, 1.1)), (120.0, jingle)]
+    for start, audio in places:
+        broadcast[round(start * sr) : round(start * sr) + len(audio)] = audio
+    write_video_file(db / "broadcast.mp4", broadcast, sr)
+    for j in range(3):
+        write_audio_file(db / f"other{j}.ogg", synth_music(60.0, sr, seed=900 + j), sr)
+    clip = tmp_path / "jingle.mp3"
+    write_audio_file(clip, jingle, sr, bitrate=128_000)
+    with SearchEngine(tmp_path / "index", writable=True, workers=0) as engine:
+        engine.index_paths([db])
+        top = engine.query(clip, top_k=2).matches
+    assert top[0].path == str(db / "broadcast.mp4")
+    spans = [o.match_span for o in top[0].occurrences]
+    truth = [(start, start + len(audio) / sr) for start, audio in places]
+    assert len(spans) == 3, spans
+    for (start, end), (true_start, true_end) in zip(spans, truth):
+        assert abs(start - true_start) <= 1.0 and abs(end - true_end) <= 1.0, (spans, truth)
+    assert top[0].match_span in spans and len(top[1].occurrences) == 1  # an unrelated video: one best place only
