@@ -32,11 +32,10 @@ import numpy as np
 from . import augment, media_writer
 from .audio import SAMPLE_RATE, load_audio
 from .errors import InputError
+from .media_sources import collect_media
 from .atomic import write_json_atomic
 from .spectrogram import log_mel
 
-MEDIA_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".mkv", ".webm",
-                    ".avi", ".mov", ".wma", ".mpg", ".mpeg", ".ts"}
 # (extension, audio encoder, video encoder or None, weight): mostly videos, some audio-only files.
 CONTAINERS = (
     (".mp4", "aac", "mpeg4", 0.35),
@@ -61,26 +60,9 @@ MARGIN_S = 1.0
 
 
 def collect_sources(sources: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Media files under folders, or listed one per line in text files; absolute, sorted, unique."""
-    found: set[str] = set()
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found.update(str(p.resolve()) for p in path.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
-        elif path.is_file() and path.suffix.lower() in MEDIA_EXTENSIONS:
-            found.add(str(path.resolve()))
-        elif path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    listed = Path(line) if Path(line).is_absolute() else path.parent / line
-                    if listed.is_file():
-                        found.add(str(listed.resolve()))
-        else:
-            raise InputError(f"{source}: not a folder, media file or list of paths")
-    if not found:
-        raise InputError("no media files found in the sources")
-    return sorted(found)
+    """Media files under folders, given directly, or listed in path lists; absolute and sorted (a
+    benchmark must not depend on the order a folder is listed in)."""
+    return sorted(str(path) for path in collect_media(sources))
 
 
 @dataclass

@@ -7,7 +7,6 @@ original AuSiL scripts (and the FIVR evaluation tools) without conversion.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -16,44 +15,11 @@ import numpy as np
 
 from .atomic import atomic_output
 from .errors import AusilError, InputError
+from .media_sources import ListEntry, read_video_list  # noqa: F401  (the release's list format)
 
 FEATURE_FILE_NAME = "wlaf.npz"
 FEATURE_KEY = "features"
 FEATURE_SUFFIXES = (".npz", ".npy")
-
-
-@dataclass(frozen=True)
-class ListEntry:
-    video_id: str
-    path: Path
-
-
-def read_video_list(list_path: Path) -> list[ListEntry]:
-    """Read `<id> <path>` lines; the path is the rest of the line, so it may contain spaces."""
-    list_path = Path(list_path)
-    if not list_path.is_file():
-        raise AusilError(f"{list_path}: list file not found")
-    entries: list[ListEntry] = []
-    seen: set[str] = set()
-    base = list_path.parent
-    for number, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise AusilError(f"{list_path}:{number}: expected '<id> <path>', got {line!r}")
-        video_id, path_text = parts
-        if video_id in seen:
-            raise AusilError(f"{list_path}:{number}: duplicate id {video_id!r}")
-        seen.add(video_id)
-        path = Path(path_text)
-        # Relative paths are taken from the working directory first (as the release does),
-        # then from the list's own folder, so a list can travel with its media.
-        if not path.is_absolute() and not path.exists() and (base / path).exists():
-            path = base / path
-        entries.append(ListEntry(video_id, path))
-    return entries
 
 
 def read_ids(ids_path: Path) -> list[str]:

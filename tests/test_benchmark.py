@@ -165,3 +165,22 @@ def test_hard_mode_groups_embed_the_seed_and_change_time_only_in_hard_speed(sour
             assert len(names(video) - time_steps - {"embed_long", "container"}) >= 2
     embedded = [v for v in transforms.values() if "embed_long" in {s["name"] for s in v["chain"]}]
     assert embedded and all(60 <= v["duration_s"] <= 181 for v in embedded)
+
+
+def test_bench_takes_the_same_files_as_index_and_train(tmp_path):
+    """One extension table and one resolver: `bench make` no longer skips formats `index` takes."""
+    from ausil_search.media_sources import collect_media
+    from ausil_search.scan import MEDIA_EXTENSIONS, walk_media
+
+    folder = tmp_path / "media"
+    (folder / "sub").mkdir(parents=True)
+    for name in ["a.m4v", "b.mka", "c.aiff", "sub/d.wav", "sub/e.ac3", "notes.txt", "cover.jpg"]:
+        (folder / name).write_bytes(b"\0" * 16)
+    expected = sorted(str((folder / n).resolve()) for n in ["a.m4v", "b.mka", "c.aiff", "sub/d.wav", "sub/e.ac3"])
+    assert benchmark.collect_sources([folder]) == expected
+    assert sorted(str(p) for p in collect_media([folder])) == expected
+    assert sorted(str(p.resolve()) for p in walk_media([folder], has_audio=lambda path: False)) == expected
+    assert all(Path(p).suffix in MEDIA_EXTENSIONS for p in expected)
+    listing = tmp_path / "list.txt"
+    listing.write_text("media/a.m4v\nclip2 media/sub/d.wav\n")
+    assert benchmark.collect_sources([listing]) == [expected[0], expected[3]]

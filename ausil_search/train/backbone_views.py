@@ -61,7 +61,7 @@ class AudioCorpus:
         """Folders, media files and `.txt` path lists; files without usable audio are skipped."""
 
         paths, durations = [], []
-        for path in collect_media(sources):
+        for path in collect_media(sources, on_skip):
             try:
                 info = probe(path)
             except InputError as exc:
