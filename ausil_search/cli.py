@@ -303,7 +303,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     """Find indexed videos that share audio with each query FILE, best first.
 
     For each match: the AuSiL score (−1…1), the database path and duration, and where the shared
-    audio is — the query's span and the matching span of the database video (m:ss).
+    audio is — the query's span and the matching span of the database video (m:ss). When the query
+    occurs at several places in a video, each is listed under the match (--csv: a row each).
     """
     import csv
 
@@ -314,7 +315,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     engine = SearchEngine(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer:
-        writer.writerow(["query", "rank", "score", "path", "duration_s", "query_start_s", "query_end_s", "match_start_s", "match_end_s"])
+        writer.writerow(["query", "rank", "score", "path", "duration_s", "query_start_s", "query_end_s", "match_start_s",
+                         "match_end_s", "occurrence", "similarity"])
     failures = 0
     with engine:
         for file in files:
@@ -330,8 +332,10 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
             if as_json:
                 click.echo(json.dumps(result.to_dict()))
             elif writer:
-                for m in result.matches:
-                    writer.writerow([result.query, m.rank, f"{m.score:.4f}", m.path, m.duration_s, *m.query_span, *m.match_span])
+                for m in result.matches:  # a row per occurrence, in the video's time order
+                    for number, o in enumerate(m.occurrences, start=1):
+                        writer.writerow([result.query, m.rank, f"{m.score:.4f}", m.path, m.duration_s, *o.query_span,
+                                         *o.match_span, number, f"{o.similarity:.4f}"])
             else:
                 _print_result(result)
     if failures == len(files):
@@ -353,6 +357,11 @@ def _print_result(result) -> None:
         q = f"{_fmt_time(m.query_span[0])}-{_fmt_time(m.query_span[1])}"
         d = f"{_fmt_time(m.match_span[0])}-{_fmt_time(m.match_span[1])}"
         click.echo(f"  {m.rank:>4}  {m.score:>6.3f}  {q:>15}  {d:>15}  {_fmt_time(m.duration_s):>7}  {m.path}")
+        if len(m.occurrences) > 1:  # every place the query occurs, time-sorted, under the match
+            for o in m.occurrences:
+                q = f"{_fmt_time(o.query_span[0])}-{_fmt_time(o.query_span[1])}"
+                d = f"{_fmt_time(o.match_span[0])}-{_fmt_time(o.match_span[1])}"
+                click.echo(f"  {'':>4}  {'':>6}  {q:>15}  {d:>15}  {'':>7}  (occurrence, similarity {o.similarity:.2f})")
 
 
 @cli.command()

@@ -9,6 +9,8 @@ is what ranking the partner first checks. Speed-changed copies need a trained mo
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -336,3 +338,8 @@ def test_every_occurrence_of_a_jingle_is_reported_in_time_order(tmp_path):
     for (start, end), (true_start, true_end) in zip(spans, truth):
         assert abs(start - true_start) <= 1.0 and abs(end - true_end) <= 1.0, (spans, truth)
     assert top[0].match_span in spans and len(top[1].occurrences) == 1  # an unrelated video: one best place only
+    rows = list(csv.DictReader(io.StringIO(run("query", clip, "--index", tmp_path / "index", "--csv", "-k", 1).output)))
+    assert [int(r["occurrence"]) for r in rows] == [1, 2, 3]
+    assert [(float(r["match_start_s"]), float(r["match_end_s"])) for r in rows] == spans
+    text = run("query", clip, "--index", tmp_path / "index", "-k", 1).output
+    assert text.count("(occurrence, similarity") == 3
