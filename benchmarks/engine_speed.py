@@ -1,7 +1,7 @@
 """Retrieval-engine numbers: indexing speed, query latency against >= 1,000 videos, memory, disk.
 
     python benchmarks/engine_speed.py [--source DIR] [--videos 1000] [--queries 20] [--model PATH]
-                                      [--long-hours 3] [--work DIR]
+                                      [--long-hours 1,3] [--memory-only] [--work DIR]
 
 1. Indexing: `SearchEngine.index_paths` over the audio files in --source (default: the Debian
    wesnoth-1.16-music folder), in a fresh process each, reporting x realtime, peak RSS of the main
@@ -10,8 +10,9 @@
    cut into excerpts of 30-240 s with fresh ids, then 30-s query clips (re-encoded mp3 excerpts of
    the source files) in one warm process: p50/p95 of the whole query and of its stages, for
    several --candidates values, with agreement of the top-10 with --exhaustive.
-3. Bounded memory: a file of --long-hours hours (the source audio looped, AAC in .m4a) indexed in
-   a fresh process, against a 10-minute file: peak RSS must not grow with the length.
+3. Bounded memory: files of --long-hours hours (the source audio looped, AAC in .m4a) each indexed
+   in a fresh process, against a 10-minute file: peak RSS must not grow with the length
+   (--memory-only runs this step alone).
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def main() -> None:
     parser.add_argument("--query-seconds", type=float, default=30.0)
     parser.add_argument("--candidates", default="25,50,100,200")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: a seeded random model)")
-    parser.add_argument("--long-hours", type=float, default=3.0, help="0 skips the bounded-memory check")
+    parser.add_argument("--long-hours", default="3", help="comma-separated lengths; 0 skips the bounded-memory check")
+    parser.add_argument("--memory-only", action="store_true", help="run only the bounded-memory check")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true", help="keep step 1's index from an earlier run in --work")
     args = parser.parse_args()
@@ -188,7 +190,9 @@ def main() -> None:
     report: dict = {"source": str(args.source), "files": len(files), "cpu_count": os.cpu_count()}
 
     small = work / "index-source"
-    if not (args.reuse and (small / "manifest.json").exists()):
+    if args.memory_only:
+        pass
+    elif not (args.reuse and (small / "manifest.json").exists()):
         shutil.rmtree(small, ignore_errors=True)
         r = run_index_process(files, small, model)
         report["indexing"] = {**r, "x_realtime": r["audio_s"] / r["seconds"],
@@ -198,6 +202,27 @@ def main() -> None:
               f"workers {r['rss_worker_mib']:.0f} MiB; {r['disk_bytes'] / (r['audio_s'] / 3600) / 2**20:.1f} MiB on disk per hour",
               flush=True)
 
+    if not args.memory_only:
+        query_numbers(args, work, files, small, report)
+    hours = [float(h) for h in args.long_hours.split(",") if float(h) > 0]
+    if hours:
+        short_file = work / "short.m4a"
+        write_long_file(files, short_file, 10 / 60)
+        mem = {}
+        for name, path in [("10 min", short_file)] + [(f"{h:g} h", work / f"long-{h:g}h.m4a") for h in hours]:
+            if not path.exists():
+                write_long_file(files, path, float(name.split()[0]))
+            shutil.rmtree(work / "index-long", ignore_errors=True)
+            mem[name] = run_index_process([path], work / "index-long", model)
+            m = mem[name]
+            print(f"memory: {name} file indexed in {m['seconds']:.1f} s ({m['audio_s'] / m['seconds']:.0f}x realtime); "
+                  f"peak RSS main {m['rss_main_mib']:.0f} MiB, workers {m['rss_worker_mib']:.0f} MiB", flush=True)
+        report["memory"] = mem
+    (work / "engine_speed.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"full report: {work / 'engine_speed.json'}")
+
+
+def query_numbers(args, work: Path, files: list[Path], small: Path, report: dict) -> None:
     large = work / "index-large"
     shutil.rmtree(large, ignore_errors=True)
     build_s = build_large_index(small, large, args.videos, seed=1)
@@ -212,22 +237,6 @@ def main() -> None:
         print(f"  {k:>10} {x['p50_s']:7.3f} {x['p95_s']:7.3f}  {x['extract_s_p50']:7.3f} {x['recall_s_p50'] * 1000:6.2f}ms"
               f" {x['rerank_s_p50']:7.3f}   {x['top1_agrees']:8.2f}  {x['top10_overlap']:8.2f}")
     print(f"  exhaustive {lat['exhaustive']['p50_s']:7.3f} {lat['exhaustive']['p95_s']:7.3f}")
-
-    if args.long_hours > 0:
-        long_file, short_file = work / "long.m4a", work / "short.m4a"
-        if not long_file.exists():
-            write_long_file(files, long_file, args.long_hours)
-        write_long_file(files, short_file, 10 / 60)
-        mem = {}
-        for name, path in (("10 min", short_file), (f"{args.long_hours:g} h", long_file)):
-            shutil.rmtree(work / "index-long", ignore_errors=True)
-            mem[name] = run_index_process([path], work / "index-long", model)
-            m = mem[name]
-            print(f"memory: {name} file indexed in {m['seconds']:.1f} s ({m['audio_s'] / m['seconds']:.0f}x realtime); "
-                  f"peak RSS main {m['rss_main_mib']:.0f} MiB, workers {m['rss_worker_mib']:.0f} MiB", flush=True)
-        report["memory"] = mem
-    (work / "engine_speed.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"full report: {work / 'engine_speed.json'}")
 
 
 if __name__ == "__main__":
