@@ -36,10 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 def run_index_process(paths: list[Path], index_dir: Path, model: Path) -> dict:
     """Index in a fresh interpreter, so that peak RSS belongs to this run alone."""
+    # Peak RSS counts the index's memory-mapped LMDB pages the run touched (page cache the kernel can
+    # drop); a sampler also tracks the peak of anonymous memory (RssAnon), what the run really holds.
     code = (
-        "import json, resource, sys\n"
+        "import json, resource, sys, threading, time\n"
         "from pathlib import Path\n"
         "from ausil_search.engine import SearchEngine\n"
+        "peak = [0]\n"
+        "def sample():\n"
+        "    while True:\n"
+        "        for line in open('/proc/self/status'):\n"
+        "            if line.startswith('RssAnon:'): peak[0] = max(peak[0], int(line.split()[1]))\n"
+        "        time.sleep(0.05)\n"
+        "threading.Thread(target=sample, daemon=True).start()\n"
         "index_dir, model, *paths = sys.argv[1:]\n"
         "with SearchEngine(Path(index_dir), model, writable=True) as engine:\n"
         "    report = engine.index_paths([Path(p) for p in paths])\n"
@@ -47,6 +56,7 @@ def run_index_process(paths: list[Path], index_dir: Path, model: Path) -> dict:
         "print(json.dumps({'audio_s': report.audio_seconds, 'seconds': report.seconds, 'added': report.added,\n"
         "    'skipped': len(report.skipped), 'disk_bytes': info['disk_bytes'],\n"
         "    'rss_main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+        "    'anon_main_mib': peak[0] / 1024,\n"
         "    'rss_worker_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(index_dir), str(model), *map(str, paths)],
@@ -216,7 +226,8 @@ def main() -> None:
             mem[name] = run_index_process([path], work / "index-long", model)
             m = mem[name]
             print(f"memory: {name} file indexed in {m['seconds']:.1f} s ({m['audio_s'] / m['seconds']:.0f}x realtime); "
-                  f"peak RSS main {m['rss_main_mib']:.0f} MiB, workers {m['rss_worker_mib']:.0f} MiB", flush=True)
+                  f"peak RSS main {m['rss_main_mib']:.0f} MiB (anonymous {m['anon_main_mib']:.0f} MiB), "
+                  f"workers {m['rss_worker_mib']:.0f} MiB", flush=True)
         report["memory"] = mem
     (work / "engine_speed.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"full report: {work / 'engine_speed.json'}")
