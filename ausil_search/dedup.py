@@ -7,13 +7,13 @@ threshold (`decision.py`) are joined into groups, strongest pairs first.
 What is kept in the index, in its own LMDB environment `INDEX/dedup/` (the segment store stays
 untouched, and an index can be searched and extended while a dedup runs):
   pairs      model key + query id + database id -> float32 score, for every pair ever scored
-  done       model key + video id -> b"" once a complete run has matched that video
+  done       model key + video id -> the recall depth of the complete run that matched that video
   decisions  the two content fingerprints, sorted -> JSON: "not duplicates", said by a user
   meta       format version
 Ids are never reused by the segment store, so a stored score always belongs to the same two
 contents; the model key (the first 8 bytes of the model's SHA-256) keeps scores of different models
-apart. A rerun therefore only scores pairs that involve a video not yet matched by a complete run,
-and pairs an interrupted run did not reach. Decisions are keyed by content fingerprint, so they
+apart. A rerun therefore only scores pairs that involve a video not yet matched by a complete run
+of at least the same recall depth, and pairs an interrupted run did not reach. Decisions are keyed by content fingerprint, so they
 survive re-indexing (an unchanged file gets the same fingerprint, even under a new id or path).
 Every write is one LMDB transaction: a crash keeps what committed and loses nothing else.
 """
@@ -139,12 +139,13 @@ class DedupStore:
 
         self._write(body)
 
-    def done_ids(self) -> set[int]:
-        return {int.from_bytes(key, "big") for key, _ in self._scan("done")}
+    def done_ids(self, candidates: int = 1) -> set[int]:
+        """Videos a complete run has matched with at least this recall depth (a deeper run redoes them)."""
+        return {int.from_bytes(key, "big") for key, value in self._scan("done") if int(value) >= candidates}
 
-    def mark_done(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        self._write(lambda txn: [txn.put(self.model_key + _id_bytes(i), b"", db=self._dbs["done"]) for i in ids])
+    def mark_done(self, ids: Iterable[int], candidates: int) -> None:
+        ids, depth = list(ids), str(int(candidates)).encode()
+        self._write(lambda txn: [txn.put(self.model_key + _id_bytes(i), depth, db=self._dbs["done"]) for i in ids])
 
     def forget(self, gone: set[int]) -> int:
         """Drop the scores and progress marks of videos no longer in the index; returns how many entries."""
@@ -480,13 +481,13 @@ def find_duplicate_groups(
             record_not_duplicates(engine, store, not_duplicates)
         focus = {i for i, r in records.items() if since is None or indexed_at(r) >= since}
         stats.focus_videos = len(focus)
-        done = store.done_ids()
-        gone = done - set(records)
+        done = store.done_ids(candidates)
+        gone = store.done_ids() - set(records)
         queries, databases, stats.candidate_pairs = pairs_to_score(engine, store, records, focus, done & set(records), candidates)
         on_plan(len(queries))
         stats.pairs_scored = score_pairs(engine, store, queries, databases, on_scored)
         if since is None:
-            store.mark_done(set(records) - done)
+            store.mark_done(set(records) - done, candidates)
         pair_q, pair_d, pair_scores = store.pairs()
         gone |= (set(pair_q.tolist()) | set(pair_d.tolist())) - set(records)
         if gone:

@@ -301,3 +301,12 @@ def test_constrained_union_keeps_decided_pairs_apart():
     union = ConstrainedUnion({1: {3}, 3: {1}})
     assert union.union(1, 2) and not union.union(2, 3) and union.union(3, 4) and union.union(5, 5) is False
     assert sorted(sorted(g) for g in union.groups()) == [[1, 2], [3, 4]]
+
+
+def test_a_deeper_recall_scores_the_pairs_a_shallow_run_did_not_reach(index_copy):
+    with SearchEngine(index_copy, workers=0) as engine:
+        shallow = find_duplicate_groups(engine, THRESHOLD, candidates=2).stats
+        deeper = find_duplicate_groups(engine, THRESHOLD, candidates=10).stats
+        again = find_duplicate_groups(engine, THRESHOLD, candidates=10).stats
+    assert shallow.pairs_scored > 0 and deeper.pairs_scored > 0 and again.pairs_scored == 0
+    assert deeper.pairs_stored == shallow.pairs_scored + deeper.pairs_scored
