@@ -32,8 +32,8 @@ import lmdb
 import numpy as np
 import torch
 
-from .decision import a_is_query, shared_spans, threshold_for
-from .errors import AusilError, IndexStoreError, InputError
+from .decision import shared_spans, threshold_for
+from .errors import IndexStoreError, InputError
 from .scan import fingerprint
 from .stores import VideoRecord, WriterLock
 
@@ -122,12 +122,12 @@ class DedupStore:
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every stored pair of this model: (query ids, database ids, scores)."""
-        raw = [(key, value) for key, value in self._scan("pairs")]
-        if not raw:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-        keys = np.frombuffer(b"".join(k for k, _ in raw), dtype=">u8").reshape(-1, 2).astype(np.int64)
-        scores = np.frombuffer(b"".join(v for _, v in raw), dtype="<f4").astype(np.float32)
-        return keys[:, 0], keys[:, 1], scores
+        keys, scores = bytearray(), bytearray()  # 20 bytes a pair, never a Python object per pair
+        for key, value in self._scan("pairs"):
+            keys += key
+            scores += value
+        ids = np.frombuffer(bytes(keys), dtype=">u8").reshape(-1, 2).astype(np.int64)
+        return ids[:, 0], ids[:, 1], np.frombuffer(bytes(scores), dtype="<f4").astype(np.float32)
 
     def put_scores(self, items: Iterable[tuple[int, int, float]]) -> None:
         items = list(items)
@@ -331,7 +331,7 @@ def _canonical(a: np.ndarray, b: np.ndarray, lengths: dict[int, int]) -> tuple[n
     """Each pair as (query, database): the shorter video is the query, on a tie the lower id."""
     n_a = np.array([lengths[int(i)] for i in a], np.int64)
     n_b = np.array([lengths[int(i)] for i in b], np.int64)
-    a_first = np.array([a_is_query(x, y, i < j) for x, y, i, j in zip(n_a, n_b, a, b)], bool)
+    a_first = (n_a < n_b) | ((n_a == n_b) & (a < b))  # decision.a_is_query, for many pairs at once
     return np.where(a_first, a, b), np.where(a_first, b, a)
 
 

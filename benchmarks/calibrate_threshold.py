@@ -24,7 +24,6 @@ metadata (`match_threshold`) and record the recall in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

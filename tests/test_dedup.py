@@ -310,3 +310,13 @@ def test_a_deeper_recall_scores_the_pairs_a_shallow_run_did_not_reach(index_copy
         again = find_duplicate_groups(engine, THRESHOLD, candidates=10).stats
     assert shallow.pairs_scored > 0 and deeper.pairs_scored > 0 and again.pairs_scored == 0
     assert deeper.pairs_stored == shallow.pairs_scored + deeper.pairs_scored
+
+
+def test_threshold_comes_from_the_option_then_the_model_then_the_default(model_path):
+    from ausil_search.decision import DEFAULT_MATCH_THRESHOLD, threshold_for
+    from ausil_search.model import AuSiLModel
+
+    model = AuSiLModel.load(model_path)
+    assert threshold_for(model) == DEFAULT_MATCH_THRESHOLD
+    model.metadata["match_threshold"] = 0.71
+    assert threshold_for(model) == 0.71 and threshold_for(model, 0.3) == 0.3
