@@ -194,7 +194,12 @@ class Member:
 
 @dataclass
 class Link:
-    """One pair of a group that scored above the threshold, with where the shared audio is in each."""
+    """A pair that joined a group, with where the shared audio is in each.
+
+    A group of n members lists n - 1 links: the strongest pairs that connect it (a maximum spanning
+    tree, the pairs that merged it when grouping). Locating the shared audio of every pair above the
+    threshold would cost a similarity matrix per pair; this costs one per member.
+    """
 
     a: str
     b: str
@@ -207,7 +212,7 @@ class Link:
 class Group:
     number: int
     score: float  # the strongest pair
-    mean_score: float
+    mean_score: float  # over the links
     members: list[Member]
     links: list[Link]
 
@@ -498,28 +503,32 @@ def find_duplicate_groups(
     strong = live & (pair_scores >= threshold)
     edges = sorted(zip(pair_scores[strong].tolist(), pair_q[strong].tolist(), pair_d[strong].tolist()), reverse=True)
     union = ConstrainedUnion(_apart_ids(decisions, records))
-    for _, a, b in edges:
-        if not union.union(a, b) and union.find(a) != union.find(b):
+    joining = []
+    for score, a, b in edges:
+        if union.union(a, b):
+            joining.append((score, a, b))
+        elif union.find(a) != union.find(b):
             stats.kept_apart += 1
     groups = [g for g in union.groups() if since is None or g & focus]
-    result = DedupResult(groups=_describe(engine, records, groups, edges, union), threshold=threshold,
+    result = DedupResult(groups=_describe(engine, records, groups, joining, union), threshold=threshold,
                          candidates=candidates, since=since, model=engine.model.identity, index=str(engine.index_dir.absolute()),
                          stats=stats)
     stats.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
-def _describe(engine, records: dict[int, VideoRecord], groups: list[set[int]], edges: list[tuple[float, int, int]],
+def _describe(engine, records: dict[int, VideoRecord], groups: list[set[int]], joining: list[tuple[float, int, int]],
               union: ConstrainedUnion) -> list[Group]:
-    """Members, links and shared spans of each group, the biggest and most confident first."""
+    """Members, links and shared spans of each group (from the pairs that joined it), the biggest and
+    most confident first."""
     device, head, frontend = engine.device, engine.model.head, engine.model.frontend
     by_root: dict[int, list[tuple[float, int, int]]] = {}
-    for score, a, b in edges:
-        if union.find(a) == union.find(b):
-            by_root.setdefault(union.find(a), []).append((score, a, b))
+    for score, a, b in joining:
+        by_root.setdefault(union.find(a), []).append((score, a, b))
     described = []
     for members in groups:
-        links, spans = [], {i: [] for i in members}
+        links: list[Link] = []
+        spans: dict[int, list] = {i: [] for i in members}
         for score, a, b in by_root[union.find(next(iter(members)))]:
             seg_a, seg_b = (torch.from_numpy(m).to(device) for m in engine.store.segments_many([a, b]))
             span_a, span_b = shared_spans(head, seg_a, seg_b, records[a].duration_s, records[b].duration_s, frontend)
