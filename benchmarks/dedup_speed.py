@@ -33,12 +33,20 @@ from pathlib import Path
 from ausil_search.dedup import find_duplicate_groups
 from ausil_search.engine import SearchEngine
 index_dir, candidates = sys.argv[1], int(sys.argv[2])
+def anon_mib():
+    status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines() if ':' in line)
+    return int(status.get('RssAnon', '0 kB').split()[0]) / 1024
+plan, done, samples = [0], [0], []
+def on_scored(n):  # anonymous memory at every tenth of the pairs: flat means bounded
+    done[0] += n
+    if len(samples) < done[0] * 10 // max(plan[0], 1):
+        samples.append([done[0], round(anon_mib())])
 started = time.perf_counter()
 with SearchEngine(Path(index_dir), workers=0) as engine:
-    result = find_duplicate_groups(engine, candidates=candidates)
-status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines() if ':' in line)
+    result = find_duplicate_groups(engine, candidates=candidates, on_plan=lambda n: plan.__setitem__(0, n),
+                                   on_scored=on_scored)
 print(json.dumps({'seconds': time.perf_counter() - started, 'groups': len(result.groups),
-    'rss_anon_mib_at_end': int(status.get('RssAnon', '0 kB').split()[0]) / 1024,
+    'rss_anon_mib_at_end': anon_mib(), 'rss_anon_mib_by_pairs_scored': samples,
     'grouped_videos': sum(len(g.members) for g in result.groups), 'threshold': result.threshold,
     'stats': result.stats.__dict__, 'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -88,6 +96,8 @@ def main() -> None:
               f"{s['pairs_stored']} stored; {r['groups']} groups holding {r['grouped_videos']} videos at threshold "
               f"{r['threshold']:.2f}; peak RSS {r['rss_mib']:.0f} MiB (mapped index pages included; anonymous at the end "
               f"{r['rss_anon_mib_at_end']:.0f} MiB)", flush=True)
+        if r["rss_anon_mib_by_pairs_scored"]:
+            print("  anonymous MiB by pairs scored: " + ", ".join(f"{n}: {m}" for n, m in r["rss_anon_mib_by_pairs_scored"]))
     (work / "dedup_speed.json").write_text(json.dumps(report, indent=2))
     print(f"report: {work / 'dedup_speed.json'}")
 
