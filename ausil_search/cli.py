@@ -220,6 +220,23 @@ def evaluate(result_file, annotations_file, dataset_ids, relevant_labels, plot, 
 INDEX_HELP = "Index directory."
 
 
+class _MinScore(click.ParamType):
+    """A score threshold: a number, or 'default' for the calibrated match threshold (decision.py)."""
+
+    name = "SCORE|default"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "default" or isinstance(value, float):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"expected a number or 'default', got {value!r}", param, ctx)
+
+
+MIN_SCORE = _MinScore()
+
+
 def _default_index() -> Path:
     from .engine import DEFAULT_INDEX_DIR
 
@@ -299,7 +316,10 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query, one per line.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: query, rank, score, path, spans.")
-def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, as_json, as_csv):
+@click.option("--min-score", "min_score", type=MIN_SCORE, default=None,
+              help="Keep only matches scoring at least this (a number, or 'default' for the calibrated match "
+                   "threshold); a query with none says 'no match above X'. Default: off, top-k stays top-k.")
+def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, as_json, as_csv, min_score):
     """Find indexed videos that share audio with each query FILE, best first.
 
     For each match: the AuSiL score (−1…1), the database path and duration, and where the shared
@@ -308,6 +328,7 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     """
     import csv
 
+    from .decision import apply_min_score
     from .engine import SearchEngine
 
     if as_json and as_csv:
@@ -319,9 +340,14 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
                          "match_end_s", "occurrence", "similarity"])
     failures = 0
     with engine:
+        if min_score == "default":
+            from .decision import threshold_for
+
+            min_score = threshold_for(engine.model)
         for file in files:
             try:
                 result = engine.query(file, top_k=top_k, candidates=candidates, nprobe=nprobe, exhaustive=exhaustive)
+                result = apply_min_score(result, min_score)
             except AusilError as exc:
                 failures += 1
                 if as_json:
@@ -330,19 +356,29 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
                     click.echo(f"Error: {exc}", err=True)
                 continue
             if as_json:
-                click.echo(json.dumps(result.to_dict()))
+                click.echo(json.dumps({**result.to_dict(), **_min_score_fields(result, min_score)}))
             elif writer:
                 for m in result.matches:  # a row per occurrence, in the video's time order
                     for number, o in enumerate(m.occurrences, start=1):
                         writer.writerow([result.query, m.rank, f"{m.score:.4f}", m.path, m.duration_s, *o.query_span,
                                          *o.match_span, number, f"{o.similarity:.4f}"])
             else:
-                _print_result(result)
+                _print_result(result, min_score)
     if failures == len(files):
         sys.exit(1)
 
 
-def _print_result(result) -> None:
+def _min_score_fields(result, min_score: float | None) -> dict:
+    """What `--min-score` adds to a query's JSON: the threshold, and whether nothing reached it."""
+    if min_score is None:
+        return {}
+    from .decision import no_match_message
+
+    return {"min_score": min_score, "no_match": not result.matches,
+            **({"message": no_match_message(min_score)} if not result.matches else {})}
+
+
+def _print_result(result, min_score: float | None = None) -> None:
     t = result.timings
     click.echo(
         f"{result.query}  ({_fmt_time(result.duration_s)}; {result.candidates} candidates "
@@ -350,7 +386,12 @@ def _print_result(result) -> None:
         f"rerank {t['rerank_s']:.2f}s)"
     )
     if not result.matches:
-        click.echo("  no matches: the index is empty")
+        if min_score is not None:
+            from .decision import no_match_message
+
+            click.echo(f"  {no_match_message(min_score)}")
+        else:
+            click.echo("  no matches: the index is empty")
         return
     click.echo(f"  {'rank':>4}  {'score':>6}  {'query span':>15}  {'match span':>15}  {'length':>7}  path")
     for m in result.matches:
@@ -445,6 +486,95 @@ def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload
     click.echo(f"serving {info['index']} ({info['videos']} videos) on {service.url} ({guard}); docs at {service.url}/docs",
                err=True)
     service.run()
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+@cli.command()
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None, help=INDEX_HELP + "  [default: indexes/default]")
+@click.option("--min-score", "min_score", type=MIN_SCORE, default="default", show_default=True,
+              help="Pairs scoring at least this are duplicates; 'default' is the calibrated match threshold.")
+@click.option("--candidates", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Videos recalled (FAISS) and reranked (AuSiL) per video.")
+@click.option("--since", default=None, metavar="WHEN",
+              help="Only videos indexed since WHEN (2026-11-30, '2026-11-30 14:00', or an age: 12h, 7d) and their groups.")
+@click.option("--not-duplicate", "not_duplicate", nargs=2, multiple=True, type=click.Path(path_type=Path),
+              metavar="A B", help="Record that files A and B are not duplicates (kept in the index; repeatable).")
+@click.option("--not-duplicates", "decisions_file", type=click.Path(path_type=Path), default=None,
+              help='JSON file of such pairs: [["A", "B"], ...] (paths relative to the file).')
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None, help="Also write a report page here.")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows: one per group member.")
+def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file, html_path, device, as_json, as_csv):
+    """Find every group of indexed videos that share audio, biggest and most confident first.
+
+    Each video is matched against the rest (FAISS recall, AuSiL rerank); pairs scoring at least
+    --min-score are joined into groups. Scores are kept in the index: a rerun scores only pairs
+    with newly indexed videos. Pairs recorded with --not-duplicate stay in separate groups.
+    """
+    import csv
+
+    from .dedup import find_duplicate_groups, parse_since, read_decisions_file
+    from .engine import SearchEngine
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv cannot be combined")
+    pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
+    with SearchEngine(index_dir or _default_index(), writable=False, device=device, workers=0) as engine, \
+            progress_bar(desc="dedup", unit="pair") as bar:
+        result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
+                                       since=parse_since(since) if since else None, not_duplicates=pairs,
+                                       on_plan=lambda n: bar.reset(total=n), on_scored=bar.update)
+    if html_path:
+        from .report_html import write_report
+
+        write_report(result, html_path)
+    if as_json:
+        emit_json(result.to_dict())
+    elif as_csv:
+        csv.writer(sys.stdout).writerows(result.csv_rows())
+    else:
+        _print_groups(result)
+    if html_path and not as_json and not as_csv:
+        click.echo(f"report → {html_path}")
+
+
+def _print_groups(result) -> None:
+    s = result.stats
+    click.echo(f"{len(result.groups)} groups among {s.videos} videos (pairs scoring ≥ {result.threshold:.2f}); "
+               f"{s.pairs_scored} pairs scored now, {s.pairs_stored} stored, in {s.seconds:.1f} s"
+               + (f"; {s.kept_apart} pairs kept apart by decisions" if s.kept_apart else ""))
+    for group in result.groups:
+        click.echo(f"\ngroup {group.number}: {len(group.members)} files, best pair {group.score:.3f}, mean {group.mean_score:.3f}")
+        for m in group.members:
+            spans = ", ".join(f"{_fmt_time(a)}-{_fmt_time(b)}" for a, b in m.spans)
+            click.echo(f"  {_fmt_time(m.duration_s):>7}  {m.size / 2**20:7.1f} MiB  shared {spans:<15}  {m.path}")
+
+
+@cli.command()
+@click.argument("file_a", type=click.Path(path_type=Path))
+@click.argument("file_b", type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", default=None, help=MODEL_HELP)
+@click.option("--min-score", "min_score", type=MIN_SCORE, default="default", show_default=True,
+              help="The score from which the two are called duplicates; 'default' is the calibrated match threshold.")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def compare(file_a, file_b, model_spec, min_score, device, as_json):
+    """Do FILE_A and FILE_B share audio? The score, the decision and where the shared audio is; no index needed."""
+    from .decision import compare_files
+    from .model import load_model
+
+    result = compare_files(load_model(model_spec), file_a, file_b, None if min_score == "default" else min_score, device)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    verdict = "duplicates" if result.duplicate else "not duplicates"
+    click.echo(f"{verdict}: score {result.score:.3f} ({'≥' if result.duplicate else '<'} {result.threshold:.2f})")
+    click.echo("  shared audio:" if result.duplicate else "  closest stretches:")
+    click.echo(f"  {_fmt_time(result.span_a[0])}-{_fmt_time(result.span_a[1])} of {file_a} ({_fmt_time(result.duration_a)})")
+    click.echo(f"  {_fmt_time(result.span_b[0])}-{_fmt_time(result.span_b[1])} of {file_b} ({_fmt_time(result.duration_b)})")
 
 
 # --------------------------------------------------------------------------- training

@@ -390,6 +390,7 @@ class SearchEngine:
                         mtime_ns=state.mtime_ns,
                         fingerprint=content,
                         duration_s=video.duration_s,
+                        extra={"indexed_at": round(time.time(), 3)},  # for `dedup --since`
                     )
                     batch.append((record, segments, pooled))
                     replacing += int(known)

@@ -1,0 +1,80 @@
+"""The threshold calibration script (benchmarks/calibrate_threshold.py): its curves and, on a tiny
+generated benchmark, the whole run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from math import comb
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import calibrate_threshold as cal  # noqa: E402
+
+from media import synth_music, write_audio_file  # noqa: E402
+
+
+def test_group_curve_counts_pairs_that_chains_join():
+    edges = [(0.9, 1, 2), (0.8, 2, 3), (0.5, 3, 4), (0.5, 5, 6)]
+    truth = {(1, 2), (2, 3), (1, 3)}
+    curve = cal.group_curve(edges, truth)
+    assert [(p["threshold"], p["predicted_pairs"], p["true_pairs"]) for p in curve] == [(0.9, 1, 1), (0.8, 3, 3), (0.5, 7, 3)]
+    assert curve[1]["recall"] == 1.0 and curve[2]["precision"] == pytest.approx(3 / 7)
+    assert cal.lowest_reaching(curve, 0.99)["threshold"] == 0.8
+    assert cal.lowest_reaching([{"threshold": 0.5, "precision": 0.5}], 0.99) is None
+
+
+def test_pair_curve_and_span_truth(tmp_path):
+    import numpy as np
+
+    curve = cal.pair_curve(np.array([0.2, 0.9, 0.9, 0.5]), np.array([False, True, False, True]), total_positive=3)
+    assert [(p["threshold"], p["precision"], p["recall"]) for p in curve] == [
+        (pytest.approx(0.9), 0.5, pytest.approx(1 / 3)), (0.5, pytest.approx(2 / 3), pytest.approx(2 / 3)),
+        (pytest.approx(0.2), 0.5, pytest.approx(2 / 3))]
+
+    class Bench:
+        annotation = {"q": {"DA": ["p"]}}
+        transforms = {
+            "q": {"source": "s1", "span_s": [0, 30], "chain": []},
+            "p": {"source": "s1", "span_s": [5, 35], "chain": []},
+            "d1": {"source": "s2", "span_s": [0, 20], "chain": []},
+            "d2": {"source": "s2", "span_s": [16, 40], "chain": []},  # 4 s shared: too little
+            "d3": {"source": "s3", "span_s": [0, 20], "chain": [{"name": "embed_long", "background": [["s2", [10, 60]]]}]},
+        }
+
+    assert cal.group_pairs(Bench) == {("p", "q")}
+    assert cal.span_pairs(Bench) == {("p", "q"), ("d1", "d3"), ("d2", "d3")}
+
+
+@pytest.mark.slow
+def test_calibration_run_on_a_tiny_benchmark(tmp_path, model_path, capsys):
+    from ausil_search.audio import SAMPLE_RATE
+    from ausil_search.benchmark import make_benchmark
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for seed in range(4):
+        write_audio_file(sources / f"track{seed}.ogg", synth_music(30.0, SAMPLE_RATE, seed=600 + seed), SAMPLE_RATE)
+    bench = tmp_path / "bench"
+    make_benchmark([sources], bench, groups=2, seed=3, workers=1, cache_dir=tmp_path / "cache")
+    out = tmp_path / "calibration.json"
+    assert cal.main([str(bench), "--model", str(model_path), "--exhaustive", "--workers", "0", "--out", str(out),
+                     "--work", str(tmp_path / "work")]) == 0
+    report = json.loads(out.read_text())
+
+    annotation = json.loads((bench / "annotation.json").read_text())
+    n_videos = len((bench / "database.txt").read_text().splitlines()) + len(annotation)
+    assert report["videos"] == n_videos and report["scored_pairs"] == comb(n_videos, 2)  # --exhaustive: every pair
+    assert report["by_truth"]["groups"]["true_pairs"] == sum(comb(1 + len(v["DA"]), 2) for v in annotation.values())
+    for entry in report["by_truth"].values():
+        groups = entry["curve"]["groups"]
+        assert [p["threshold"] for p in groups] == sorted((p["threshold"] for p in groups), reverse=True)
+        assert groups[-1]["recall"] == 1.0  # at the lowest score everything is one group
+        assert all(a["recall"] <= b["recall"] for a, b in zip(groups, groups[1:]))
+    if report["threshold"] is not None:
+        assert report["by_truth"]["spans"]["at_threshold"]["groups"]["precision"] >= 0.99
+    printed = capsys.readouterr().out
+    assert "truth 'groups'" in printed and ("calibrated threshold" in printed or "no threshold reaches" in printed)
