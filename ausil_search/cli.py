@@ -60,7 +60,9 @@ def cli() -> None:
 
     \b
     Search a collection:        index DIR → query FILE   (also: info, remove, serve)
+    Duplicates:                 dedup (every group in an index) | compare A B
     Release-compatible steps:   extract → similarity → evaluate
+    Train and benchmark:        train-backbone → train (or fit-whitening) | bench make
     Model weights:              weights download | convert | info | init
     """
 

@@ -32,6 +32,7 @@ from .errors import AusilError, IndexStoreError, InputError
 from .extraction import Extractor
 from .model import AuSiLModel, load_model, resolve_model_path
 from .scan import FileState, content_hash, describe_os_error, walk_media
+from .scratch import sweep_stale_once
 from .spectrogram import FrontEnd, segment_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
 
@@ -324,6 +325,7 @@ class SearchEngine:
         content is hashed, and a file that was only touched keeps its entry (its new mtime is noted).
         """
         self._require_writable()
+        sweep_stale_once()  # what killed runs left in the temp directory goes, whatever this run has to do
         started = time.perf_counter()
         report = IndexReport()
         roots = [Path(r).absolute() for r in roots]

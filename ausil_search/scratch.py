@@ -38,9 +38,7 @@ class ScratchDir:
 
     def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
         parent = Path(parent or tempfile.gettempdir())
-        if parent not in _swept:
-            _swept.add(parent)
-            sweep_stale(parent)
+        sweep_stale_once(parent)
         self._fd: int | None = None
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
@@ -66,6 +64,18 @@ class ScratchDir:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cleanup()
+
+
+def sweep_stale_once(parent: str | os.PathLike[str] | None = None) -> None:
+    """:func:`sweep_stale` the first time this process asks for `parent` (default: the temp directory).
+
+    An index run calls it at its start, so that a run with nothing left to extract (which makes no
+    scratch directory of its own) still removes what a killed run left behind.
+    """
+    parent = Path(parent or tempfile.gettempdir())
+    if parent not in _swept:
+        _swept.add(parent)
+        sweep_stale(parent)
 
 
 def sweep_stale(parent: str | os.PathLike[str]) -> list[Path]:
