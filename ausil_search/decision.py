@@ -39,7 +39,7 @@ import torch
 from .extraction import Extractor
 from .head import AuSiLHead
 from .model import AuSiLModel
-from .spectrogram import FrontEnd, segment_span_seconds
+from .spectrogram import FrontEnd, segments_span_seconds
 
 DEFAULT_MATCH_THRESHOLD = 0.65  # PROVISIONAL: see the module docstring before relying on it
 THRESHOLD_METADATA_KEY = "match_threshold"
@@ -58,19 +58,13 @@ def a_is_query(n_a: int, n_b: int, a_first: bool = True) -> bool:
     return n_a < n_b or (n_a == n_b and a_first)
 
 
-def span_seconds(span: range, n_segments: int, duration_s: float, frontend: FrontEnd) -> tuple[float, float]:
-    """Seconds covered by a range of segments, the end clipped to the audio's duration."""
-    start = segment_span_seconds(span.start, frontend)[0]
-    end = segment_span_seconds(min(span.stop, n_segments) - 1, frontend)[1]
-    return round(start, 2), round(min(end, duration_s), 2)
-
-
 def shared_spans(head: AuSiLHead, a: torch.Tensor, b: torch.Tensor, duration_a: float, duration_b: float,
                  frontend: FrontEnd) -> tuple[tuple[float, float], tuple[float, float]]:
     """Where the shared audio is in a and in b (seconds), from the strongest diagonal of their similarities."""
     with torch.inference_mode():
         rows, columns = head.locate(a, b)
-    return (span_seconds(rows, len(a), duration_a, frontend), span_seconds(columns, len(b), duration_b, frontend))
+    return (segments_span_seconds(rows, len(a), duration_a, frontend),
+            segments_span_seconds(columns, len(b), duration_b, frontend))
 
 
 @dataclass
@@ -133,4 +127,4 @@ def no_match_message(min_score: float) -> str:
 
 
 __all__ = ["DEFAULT_MATCH_THRESHOLD", "THRESHOLD_METADATA_KEY", "Comparison", "a_is_query", "apply_min_score",
-           "compare_embedded", "compare_files", "no_match_message", "shared_spans", "span_seconds", "threshold_for"]
+           "compare_embedded", "compare_files", "no_match_message", "shared_spans", "threshold_for"]

@@ -33,7 +33,7 @@ from .extraction import Extractor
 from .model import AuSiLModel, load_model, resolve_model_path
 from .scan import FileState, content_hash, describe_os_error, walk_media
 from .scratch import sweep_stale_once
-from .spectrogram import FrontEnd, segment_span_seconds
+from .spectrogram import FrontEnd, segments_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
 
 INDEX_FORMAT_VERSION = 1
@@ -532,21 +532,14 @@ class SearchEngine:
             segments = torch.from_numpy(self.store.segments(video_id)).to(self.device)
             with torch.inference_mode():
                 found = self.model.head.occurrences(query, segments)
-            occurrences = [Occurrence(self._span_seconds(rows, len(query), query_duration),  # a short query is padded
-                                      self._span_seconds(columns, record.n_segments, record.duration_s),
+            occurrences = [Occurrence(segments_span_seconds(rows, len(query), query_duration, self.frontend),
+                                      segments_span_seconds(columns, record.n_segments, record.duration_s, self.frontend),
                                       round(similarity, 4))
                            for rows, columns, similarity in found]
             best = max(occurrences, key=lambda occurrence: occurrence.similarity)
             query_span, match_span = best.query_span, best.match_span
         return Match(rank=rank, score=score, video_id=video_id, path=record.path, duration_s=record.duration_s,
                      query_span=query_span, match_span=match_span, occurrences=occurrences)
-
-    def _span_seconds(self, span: range, n_segments: int, duration: float) -> tuple[float, float]:
-        start = segment_span_seconds(span.start, self.frontend)[0]
-        end = segment_span_seconds(min(span.stop, n_segments) - 1, self.frontend)[1]
-        end = min(end, duration)  # the last window reaches into zero padding
-        start = min(start, end)
-        return round(start, 2), round(end, 2)
 
     # ---------------------------------------------------------------- description
 

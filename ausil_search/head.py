@@ -346,10 +346,11 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
         if all(abs(offsets[index] - offsets[other]) >= rows for other in chosen):
             chosen.append(int(index))
     found = []
+    median = float(np.median(values))
     for index in chosen:
         offset = int(offsets[index])
         diagonal = np.diagonal(banded, offset)
-        threshold = (np.median(values) + diagonal.max()) / 2
+        threshold = (median + diagonal.max()) / 2
         above = np.flatnonzero(diagonal >= threshold)
         first, last = int(above[0]), int(above[-1]) + 1
         row, column = max(0, -offset), max(0, offset)

@@ -410,6 +410,14 @@ def iter_segment_batches(logmel: np.ndarray, frontend: FrontEnd, batch_size: int
         yield batch
 
 
+def segments_span_seconds(span: range, n_segments: int, duration_s: float, frontend: FrontEnd) -> tuple[float, float]:
+    """Seconds covered by a range of segments (rounded to 10 ms), within the audio's duration: the
+    last window reaches into zero padding, and a clip shorter than a window has one padded segment."""
+    start = segment_span_seconds(span.start, frontend)[0]
+    end = min(segment_span_seconds(min(span.stop, n_segments) - 1, frontend)[1], duration_s)
+    return round(min(start, end), 2), round(end, 2)
+
+
 def segment_span_seconds(index: int, frontend: FrontEnd) -> tuple[float, float]:
     """Start and end time of segment ``index``; the end of the last one may lie past the audio."""
     start_frame = index * frontend.step_frames

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbone import WeakMxH64
-from ..errors import AusilError
 from ..spectrogram import FrontEnd
 from .backbone_views import AudioCorpus, ViewBatch, ViewBatches
 from .configs import BackboneTrainConfig
@@ -168,10 +167,7 @@ class BackboneTrainer:
         return write_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> None:
-        path = self.checkpoint_path
-        if path is None or not path.is_file():
-            raise AusilError(f"no checkpoint to resume from in {self.checkpoint_dir}")
-        state = read_checkpoint(path, CHECKPOINT_FORMAT, "backbone training", self.config.incompatible,
+        state = read_checkpoint(self.checkpoint_path, CHECKPOINT_FORMAT, "backbone training", self.config.incompatible,
                                 "corpus", self.corpus.fingerprint())
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])

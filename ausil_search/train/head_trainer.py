@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import AusilError
 from ..head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, tile_segments
 from .configs import TrainConfig
 from .pools import TripletPool
@@ -68,12 +67,15 @@ class HeadTrainer:
         # With fixed whitening the (dominant) 2528×2528 projection is computed once, not every step.
         self._whitened: list[Tensor] | None = None
         if not config.train_whitening:
-            with torch.no_grad():
-                self._whitened = [head.whiten(torch.from_numpy(v).to(self.device)) for v in pool.videos]
+            self._whitened = self._whiten_pool()
         self._raw = None if self._whitened is not None else [torch.from_numpy(v).to(self.device) for v in pool.videos]
         self.extras: dict = {}  # report material that a resumed run takes over (whitening, mining, validation)
 
     # ---- model pieces
+
+    @torch.no_grad()
+    def _whiten_pool(self) -> list[Tensor]:
+        return [self.head.whiten(torch.from_numpy(v).to(self.device)) for v in self.pool.videos]
 
     def _embed(self, video: int, start: int, length: int) -> Tensor:
         """`AuSiLHead.embed` of a run of a video's segments, the fixed whitening done once up front."""
@@ -204,10 +206,7 @@ class HeadTrainer:
         return write_checkpoint(self.checkpoint_path, self.checkpoint_state())
 
     def load_checkpoint(self, path: Path | None = None) -> None:
-        path = Path(path) if path else self.checkpoint_path
-        if path is None or not path.is_file():
-            raise AusilError(f"no checkpoint to resume from in {self.checkpoint_dir}")
-        state = read_checkpoint(path, CHECKPOINT_FORMAT, "training", self.config.incompatible,
+        state = read_checkpoint(Path(path) if path else self.checkpoint_path, CHECKPOINT_FORMAT, "training", self.config.incompatible,
                                 "pool", self.pool.fingerprint())
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -219,8 +218,7 @@ class HeadTrainer:
         self.hard_negatives = [np.asarray(h, np.int64) for h in state["hard_negatives"]]
         self.extras = dict(state.get("extras") or {})
         if self._whitened is not None:  # the (fixed) whitening came back with the head
-            with torch.no_grad():
-                self._whitened = [self.head.whiten(torch.from_numpy(v).to(self.device)) for v in self.pool.videos]
+            self._whitened = self._whiten_pool()
 
 
 # --------------------------------------------------------------------------- evaluation and reports

@@ -66,10 +66,12 @@ def write_checkpoint(path: Path, state: dict) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, fmt: str, what: str, changed_settings: Callable[[dict], list[str]],
+def read_checkpoint(path: Path | None, fmt: str, what: str, changed_settings: Callable[[dict], list[str]],
                     data_key: str, data_fingerprint: object) -> dict:
-    """A checkpoint's state, refused (one clear line) when it is unreadable, of another kind, or was
-    made with other settings or data than the run that wants to resume it."""
+    """A checkpoint's state, refused (one clear line) when it is missing or unreadable, of another kind,
+    or was made with other settings or data than the run that wants to resume it."""
+    if path is None or not Path(path).is_file():
+        raise AusilError(f"no checkpoint to resume from in {Path(path).parent if path else None}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
