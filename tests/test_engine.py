@@ -287,8 +287,6 @@ def test_speed_changed_copies_rank_first_with_the_default_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 10: the shipped default (ssl1300) was never trained on quiet passages "
-                                       "of loud files; the retrained default must pass this (then drop the mark)")
 def test_quiet_intro_finds_its_source_with_the_default_model(tmp_path):
     """A clip of an intro 38 dB below the rest of its track: the front-end normalises the clip alone
     (loud) but the track as a whole (the intro quiet), and the default model must still match them."""
