@@ -90,11 +90,11 @@ def extract(videos_file, output, file_format, step_ms, model_spec, device, batch
     Files that cannot be used (missing, corrupt, no audio stream) are reported and skipped.
     Audio shorter than one segment window (~2 s) is zero-padded to one segment.
     """
-    from .extraction import Extractor
-    from .formats import read_video_list
+    from .features.extraction import Extractor
+    from .evaluate.formats import read_video_list
     from .model import load_model
-    from .release import extract_features
-    from .spectrogram import FrontEnd
+    from .evaluate.release import extract_features
+    from .features.spectrogram import FrontEnd
 
     entries = read_video_list(videos_file)
     model = load_model(model_spec)
@@ -140,11 +140,11 @@ def extract(videos_file, output, file_format, step_ms, model_spec, device, batch
 def similarity(queries_file, database_file, output, model_spec, components, device, as_json):
     """Score every query against every database video with AuSiL (release JSON format)."""
     from .devices import pick_device
-    from .extraction import Extractor
+    from .features.extraction import Extractor
     from .atomic import write_json_atomic
-    from .formats import read_video_list
+    from .evaluate.formats import read_video_list
     from .model import load_model
-    from .release import FeatureSource, compute_similarities
+    from .evaluate.release import FeatureSource, compute_similarities
 
     queries, database = read_video_list(queries_file), read_video_list(database_file)
     model = load_model(model_spec)
@@ -190,8 +190,8 @@ def similarity(queries_file, database_file, output, model_spec, components, devi
 @click.option("--json", "as_json", is_flag=True, help="Print mAP, per-query AP and the PR curve as JSON.")
 def evaluate(result_file, annotations_file, dataset_ids, relevant_labels, plot, quiet, as_json):
     """FIVR-protocol mAP, per-query AP and the interpolated PR curve."""
-    from .evaluation import RECALL_LEVELS, evaluate as run_evaluation, plot_pr_curve
-    from .formats import load_json, load_similarities, read_ids
+    from .evaluate.metrics import RECALL_LEVELS, evaluate as run_evaluation, plot_pr_curve
+    from .evaluate.formats import load_json, load_similarities, read_ids
 
     annotation = load_json(annotations_file, "annotation")
     if not isinstance(annotation, dict):
@@ -240,7 +240,7 @@ MIN_SCORE = _MinScore()
 
 
 def _default_index() -> Path:
-    from .engine import DEFAULT_INDEX_DIR
+    from .search.engine import DEFAULT_INDEX_DIR
 
     return DEFAULT_INDEX_DIR
 
@@ -274,7 +274,7 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
     committed stays searchable and a rerun picks up where it stopped. Unusable files are reported
     and skipped.
     """
-    from .engine import SearchEngine
+    from .search.engine import SearchEngine
 
     engine = SearchEngine(index_dir or _default_index(), model_spec, writable=True, device=device,
                           workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
@@ -330,8 +330,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     """
     import csv
 
-    from .decision import apply_min_score
-    from .engine import SearchEngine
+    from .search.decision import apply_min_score
+    from .search.engine import SearchEngine
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
@@ -343,7 +343,7 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     failures = 0
     with engine:
         if min_score == "default":
-            from .decision import threshold_for
+            from .search.decision import threshold_for
 
             min_score = threshold_for(engine.model)
         for file in files:
@@ -374,7 +374,7 @@ def _min_score_fields(result, min_score: float | None) -> dict:
     """What `--min-score` adds to a query's JSON: the threshold, and whether nothing reached it."""
     if min_score is None:
         return {}
-    from .decision import no_match_message
+    from .search.decision import no_match_message
 
     return {"min_score": min_score, "no_match": not result.matches,
             **({"message": no_match_message(min_score)} if not result.matches else {})}
@@ -389,7 +389,7 @@ def _print_result(result, min_score: float | None = None) -> None:
     )
     if not result.matches:
         if min_score is not None:
-            from .decision import no_match_message
+            from .search.decision import no_match_message
 
             click.echo(f"  {no_match_message(min_score)}")
         else:
@@ -413,7 +413,7 @@ def _print_result(result, min_score: float | None = None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def remove(paths, index_dir, as_json):
     """Remove the entries of these files, or of every file under these directories, from the index."""
-    from .engine import SearchEngine
+    from .search.engine import SearchEngine
 
     with SearchEngine(index_dir or _default_index(), writable=True, workers=0, create=False) as engine:
         _print_warnings(engine)
@@ -429,7 +429,7 @@ def remove(paths, index_dir, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def info(index_dir, as_json):
     """Counts, total duration, model identity and disk size of an index."""
-    from .engine import SearchEngine
+    from .search.engine import SearchEngine
 
     with SearchEngine(index_dir or _default_index(), writable=False, workers=0) as engine:
         details = engine.info()
@@ -518,8 +518,8 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
     """
     import csv
 
-    from .dedup import find_duplicate_groups, parse_since, read_decisions_file
-    from .engine import SearchEngine
+    from .search.dedup import find_duplicate_groups, parse_since, read_decisions_file
+    from .search.engine import SearchEngine
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
@@ -530,7 +530,7 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
                                        on_plan=lambda n: bar.reset(total=n), on_scored=bar.update)
     if html_path:
-        from .report_html import write_report
+        from .search.report_html import write_report
 
         write_report(result, html_path)
     if as_json:
@@ -565,7 +565,7 @@ def _print_groups(result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def compare(file_a, file_b, model_spec, min_score, device, as_json):
     """Do FILE_A and FILE_B share audio? The score, the decision and where the shared audio is; no index needed."""
-    from .decision import compare_files
+    from .search.decision import compare_files
     from .model import load_model
 
     result = compare_files(load_model(model_spec), file_a, file_b, None if min_score == "default" else min_score, device)
@@ -736,7 +736,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     extraction. With --checkpoint-dir, Ctrl-C saves the run and --resume continues it exactly.
     Writes OUTPUT and OUTPUT's .report.json (loss curve, timings, validation separation).
     """
-    from .augment import MODES
+    from .media.augment import MODES
     from .model import load_model
     from .train.head_job import TrainingHooks, TrainingJob, train_head
 
@@ -889,7 +889,7 @@ def weights() -> None:
 def weights_download(dest, as_json):
     """Fetch the official AuSiL release weights, verify them, and convert them to a model file."""
     from .model import AuSiLModel, OFFICIAL_MODEL_FILE
-    from .weights.official import cache_dir, download_official
+    from .model.weights.official import cache_dir, download_official
 
     folder = Path(dest) if dest else cache_dir()
     files = download_official(folder)
@@ -902,8 +902,8 @@ def weights_download(dest, as_json):
 
 def _convert(cnn: Path, tf_ckpt: Path, output: Path) -> str:
     from .model import AuSiLModel
-    from .weights.official import OFFICIAL_METADATA, convert_official
-    from .weights.model_file import save_model_file
+    from .model.weights.official import OFFICIAL_METADATA, convert_official
+    from .model.weights.model_file import save_model_file
 
     tensors = convert_official(Path(cnn), Path(tf_ckpt))
     save_model_file(output, tensors, dict(OFFICIAL_METADATA))
@@ -1008,7 +1008,7 @@ def bench_make(sources, out_dir, groups, seed, mode, workers, cache_dir, as_json
     groups.json (core / speed, or hard / hard-speed), transforms.json (what each video is made of)
     and the media under OUT_DIR/media.
     """
-    from .benchmark import make_benchmark
+    from .evaluate.benchmark import make_benchmark
 
     def progress(iterable, total=None, desc="", unit="it"):
         return progress_bar(iterable, total=total, desc=desc, unit=unit)

@@ -1,6 +1,6 @@
 """Compatibility imports: backbone training now lives in :mod:`ausil_search.train`."""
 
-from .train.backbone_trainer import (
+from ..train.backbone_trainer import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     BackboneStep,
@@ -10,8 +10,8 @@ from .train.backbone_trainer import (
     train_backbone,
     train_backbone_model,
 )
-from .train.configs import RECIPE_VERSION, BackboneTrainConfig, ViewRecipe
-from .train.backbone_views import (
+from ..train.configs import RECIPE_VERSION, BackboneTrainConfig, ViewRecipe
+from ..train.backbone_views import (
     AudioCorpus,
     ViewBatch,
     ViewBatches,

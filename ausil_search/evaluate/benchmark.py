@@ -1,7 +1,7 @@
 """Build a duplicate-audio benchmark from any folder of recordings (``ausil-search bench make``).
 
 Each *group* starts from a seed excerpt of one source recording. Its query and its 1–4 positive
-database videos are made from that excerpt through random chains of :mod:`ausil_search.augment`;
+database videos are made from that excerpt through random chains of :mod:`ausil_search.media.augment`;
 hard negatives are other parts of the same recording, distractors come from other recordings and
 make up about two thirds of the database.
 
@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, media_writer
-from .audio import SAMPLE_RATE, load_audio
-from .errors import InputError
-from .media_sources import collect_media
-from .atomic import write_json_atomic
-from .spectrogram import log_mel
+from ..media import augment, writer as media_writer
+from ..media.audio import SAMPLE_RATE, load_audio
+from ..errors import InputError
+from ..media.sources import collect_media
+from ..atomic import write_json_atomic
+from ..features.spectrogram import log_mel
 
 # (extension, audio encoder, video encoder or None, weight): mostly videos, some audio-only files.
 CONTAINERS = (

@@ -13,9 +13,9 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
-from .atomic import atomic_output
-from .errors import AusilError, InputError
-from .media_sources import ListEntry, read_video_list  # noqa: F401  (the release's list format)
+from ..atomic import atomic_output
+from ..errors import AusilError, InputError
+from ..media.sources import ListEntry, read_video_list  # noqa: F401  (the release's list format)
 
 FEATURE_FILE_NAME = "wlaf.npz"
 FEATURE_KEY = "features"

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import AusilError
+from ..errors import AusilError
 
 RECALL_LEVELS = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 

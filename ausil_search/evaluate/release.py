@@ -15,8 +15,8 @@ import copy
 import numpy as np
 import torch
 
-from .errors import InputError
-from .extraction import Extractor
+from ..errors import InputError
+from ..features.extraction import Extractor
 from .formats import (
     HDF5FeatureWriter,
     ListEntry,
@@ -26,8 +26,8 @@ from .formats import (
     load_feature_file,
     save_feature_file,
 )
-from .head import AuSiLHead
-from .model import AuSiLModel
+from ..model.head import AuSiLHead
+from ..model import AuSiLModel
 
 Reporter = Callable[[str], None]
 

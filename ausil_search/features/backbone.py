@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .devices import pick_device
-from .errors import WeightsError
+from ..devices import pick_device
+from ..errors import WeightsError
 
 N_MELS = 128
 N_CLASSES = 527

@@ -18,10 +18,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .audio import decode_audio
+from ..media.audio import decode_audio
 from .backbone import SegmentEncoder
-from .errors import AusilError, InputError
-from .model import AuSiLModel
+from ..errors import AusilError, InputError
+from ..model import AuSiLModel
 from .scratch import ScratchDir, die_with_parent, spill_writes
 from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, segment_count
 

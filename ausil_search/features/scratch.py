@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import write_failure_reason
-from .errors import DiskFullError
+from ..atomic import write_failure_reason
+from ..errors import DiskFullError
 
 PREFIX = "ausil-run-"
 LOCK_NAME = "owner.lock"

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, decode_audio
+from ..media.audio import SAMPLE_RATE, decode_audio
 from .scratch import spill_writes
 
 # The paper's time-step ablation: step in ms -> (step frames, window frames).
@@ -367,7 +367,7 @@ def file_log_mel(
 ) -> np.ndarray:
     """Decode a media file and return its log-mel (a memmap for files past ``spill_after_s``).
 
-    Raises InputError for files that cannot be decoded (see :mod:`ausil_search.audio`).
+    Raises InputError for files that cannot be decoded (see :mod:`ausil_search.media.audio`).
     """
     accumulator = LogMelAccumulator(frontend, spill_after_s, spill_dir)
     for chunk in decode_audio(path, frontend.sample_rate):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 SAMPLE_RATE = 44100
 

@@ -1,7 +1,7 @@
 """Where the media of a command come from: folders (walked), media files, and path lists.
 
 One resolver for every command that takes media (index walks folders itself with the same
-:func:`~ausil_search.scan.walk_media` and extension table; train, train-backbone, fit-whitening and
+:func:`~ausil_search.media.scan.walk_media` and extension table; train, train-backbone, fit-whitening and
 `bench make` call :func:`collect_media`; the release commands read `<id> <path>` lists with
 :func:`read_video_list`). A path list (`.txt`, `.lst`, `.list`) holds a path a line, or the
 release's `<id> <path>` lines; a relative path is taken from the working directory when it exists
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AusilError, InputError
+from ..errors import AusilError, InputError
 from .scan import MEDIA_EXTENSIONS, walk_media
 
 PATH_LIST_SUFFIXES = (".txt", ".lst", ".list")

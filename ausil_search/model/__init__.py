@@ -12,15 +12,15 @@ from pathlib import Path
 
 import torch
 
-from .backbone import DESCRIPTOR_DIM, WeakMxH64
-from .errors import WeightsError
+from ..features.backbone import DESCRIPTOR_DIM, WeakMxH64
+from ..errors import WeightsError
 from .head import AuSiLHead
-from .spectrogram import FrontEnd
+from ..features.spectrogram import FrontEnd
 from .weights.model_file import load_model_file, save_model_file
 from .weights.official import cache_dir
 
 OFFICIAL_MODEL_FILE = "ausil-official.safetensors"
-BUNDLED_MODEL = Path(__file__).with_name("models") / "default.safetensors"
+BUNDLED_MODEL = Path(__file__).parents[1] / "models" / "default.safetensors"
 
 NO_MODEL_HELP = (
     "no model available: pass --model PATH (a model file), or get the official weights with "

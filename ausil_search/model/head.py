@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import DESCRIPTOR_DIM
+from ..features.backbone import DESCRIPTOR_DIM
 
 # The release tiles database videos to >= 10 segments. The comparator needs >= 4 segments a side
 # to survive its two 2x2 max-pools, so queries get the same doubling rule with that minimum.

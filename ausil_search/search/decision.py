@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from .extraction import Extractor
-from .head import AuSiLHead
-from .model import AuSiLModel
-from .spectrogram import FrontEnd, segments_span_seconds
+from ..features.extraction import Extractor
+from ..model.head import AuSiLHead
+from ..model import AuSiLModel
+from ..features.spectrogram import FrontEnd, segments_span_seconds
 
 DEFAULT_MATCH_THRESHOLD = 0.65  # PROVISIONAL: see the module docstring before relying on it
 THRESHOLD_METADATA_KEY = "match_threshold"

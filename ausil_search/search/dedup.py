@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .decision import shared_spans, threshold_for
-from .errors import IndexStoreError, InputError
-from .scan import fingerprint
+from ..errors import IndexStoreError, InputError
+from ..media.scan import fingerprint
 from .stores import VideoRecord, WriterLock
 
 DEDUP_DIR = "dedup"

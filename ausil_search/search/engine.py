@@ -24,16 +24,16 @@ from typing import Callable, Iterable, Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from .audio import probe
-from .backbone import DESCRIPTOR_DIM
-from .devices import pick_device
-from .atomic import write_failure_reason, write_json_atomic
-from .errors import AusilError, IndexStoreError, InputError
-from .extraction import Extractor
-from .model import AuSiLModel, load_model, resolve_model_path
-from .scan import FileState, content_hash, describe_os_error, walk_media
-from .scratch import sweep_stale_once
-from .spectrogram import FrontEnd, segments_span_seconds
+from ..media.audio import probe
+from ..features.backbone import DESCRIPTOR_DIM
+from ..devices import pick_device
+from ..atomic import write_failure_reason, write_json_atomic
+from ..errors import AusilError, IndexStoreError, InputError
+from ..features.extraction import Extractor
+from ..model import AuSiLModel, load_model, resolve_model_path
+from ..media.scan import FileState, content_hash, describe_os_error, walk_media
+from ..features.scratch import sweep_stale_once
+from ..features.spectrogram import FrontEnd, segments_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
 
 INDEX_FORMAT_VERSION = 1

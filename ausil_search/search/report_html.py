@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from .atomic import atomic_output
+from ..atomic import atomic_output
 from .dedup import DedupResult
 
 

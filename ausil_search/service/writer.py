@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..engine import SEGMENTS_DIR
+from ..search.engine import SEGMENTS_DIR
 from ..errors import AusilError, IndexStoreError
-from ..stores import WriterLock
+from ..search.stores import WriterLock
 
 KEEP_FINISHED_JOBS = 100
 STOP_WAIT_S = 30.0
@@ -250,8 +250,8 @@ def _watch_stdin(stop: threading.Event) -> None:
 
 def _index(engine, task: dict, stop: threading.Event) -> None:
     """Index the task's paths, keeping only files that resolve under the roots (links are followed by the walk)."""
-    from ..engine import has_audio_stream
-    from ..scan import walk_media
+    from ..search.engine import has_audio_stream
+    from ..media.scan import walk_media
 
     from .config import Roots
 
@@ -277,7 +277,7 @@ def _index(engine, task: dict, stop: threading.Event) -> None:
             raise StopRequested
 
     def on_file(path: Path, error: str | None) -> None:
-        from ..audio import probe
+        from ..media.audio import probe
 
         seconds = None
         if error is None:
@@ -299,7 +299,7 @@ def main() -> None:
     stop = threading.Event()
     threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
     try:
-        from ..engine import SearchEngine
+        from ..search.engine import SearchEngine
 
         with SearchEngine(Path(task["index"]), task["model"], writable=True, device=task["device"],
                           workers=task["workers"]) as engine:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backbone import WeakMxH64
-from ..spectrogram import FrontEnd
+from ..features.backbone import WeakMxH64
+from ..features.spectrogram import FrontEnd
 from .backbone_views import AudioCorpus, ViewBatch, ViewBatches
 from .configs import BackboneTrainConfig
 from .scaffold import StepRecord, StopRequest, TrainedModel, checkpoint_to_use, read_checkpoint, write_checkpoint

@@ -7,11 +7,11 @@ A batch is made like this (:func:`make_view_batch`):
   times (a container seek, so long files cost no more than short ones). Excerpts of one recording
   are each other's hardest negatives, unless their audio repeats (music loops), which is checked.
 - Make two views, each through its own random chain of the augmentations of
-  :mod:`ausil_search.augment` that keep the excerpt's centre in place: speed change (resampling,
+  :mod:`ausil_search.media.augment` that keep the excerpt's centre in place: speed change (resampling,
   ±15 %), tempo change, pitch shift, echo, room reverb, mixing under another recording (−10…+4 dB),
   babble or noise (0–20 dB), band limits and low-pass, resampling to 8–22.05 kHz, gain, low-bitrate
   codecs. Speed and tempo changes scale time about the start, which keeps the centre at the centre.
-- Log-mel of each view (the inference front-end, :func:`ausil_search.spectrogram.log_mel`), then its
+- Log-mel of each view (the inference front-end, :func:`ausil_search.features.spectrogram.log_mel`), then its
   centre window of ``window_frames`` frames (optionally moved by up to ``max_shift_s / 2`` each way,
   so the two windows are misaligned as a query's segments are against the database's); some
   windows are lowered as a quiet passage of a loud file is, or end early as a short clip does.
@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import augment
-from ..audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
+from ..media import augment
+from ..media.audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
 from ..errors import AusilError, InputError
-from ..media_sources import collect_media
-from ..scratch import die_with_parent
-from ..spectrogram import FrontEnd, log_mel
+from ..media.sources import collect_media
+from ..features.scratch import die_with_parent
+from ..features.spectrogram import FrontEnd, log_mel
 from .configs import ViewRecipe
 
 _WEIGHT_CAP_S = 60.0  # a recording's sampling weight grows with its duration up to this

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import augment as augment_module
+from ..media import augment as augment_module
 from ..errors import InputError
-from ..scan import fingerprint
+from ..media.scan import fingerprint
 from .configs import SelfSupervisedConfig
 from .descriptors import DescriptorCache, DescriptorSource, decode_prefix
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import AusilError, InputError
-from ..formats import is_feature_file
-from ..media_sources import collect_media
+from ..evaluate.formats import is_feature_file
+from ..media.sources import collect_media
 from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
 from .configs import SelfSupervisedConfig, TrainConfig
 from .examples import augment_fingerprint, self_supervised_examples
@@ -70,7 +70,7 @@ class TrainingHooks:
 
 def build_pool(job: TrainingJob, source: DescriptorSource, hooks: TrainingHooks) -> tuple[TripletPool, list[str]]:
     """The full triplet pool of a job and, per pair, the group a validation split holds out together."""
-    from ..formats import load_json, read_video_list
+    from ..evaluate.formats import load_json, read_video_list
 
     pools: list[tuple[TripletPool, list[str]]] = []
     if job.sources:

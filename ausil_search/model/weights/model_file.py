@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from ausil_search.atomic import atomic_output
-from ausil_search.backbone import DESCRIPTOR_DIM
+from ausil_search.features.backbone import DESCRIPTOR_DIM
 from ausil_search.errors import WeightsError
 
 FORMAT = "ausil-search-model"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ausil_search.backbone import DESCRIPTOR_DIM, strip_module_prefix
+from ausil_search.features.backbone import DESCRIPTOR_DIM, strip_module_prefix
 from ausil_search.errors import WeightsError
 
 from .model_file import BACKBONE_PREFIX, BACKBONE_SIGNATURE, atomic_output

@@ -1,8 +1,8 @@
 """Index storage: the LMDB segment store (source of truth) and the FAISS global index derived from it."""
 
-from ausil_search.stores.global_index import GlobalIndex
-from ausil_search.stores.lock import WriterLock
-from ausil_search.stores.segment_store import (
+from ausil_search.search.stores.global_index import GlobalIndex
+from ausil_search.search.stores.lock import WriterLock
+from ausil_search.search.stores.segment_store import (
     AddResult,
     SegmentStore,
     StoreStats,

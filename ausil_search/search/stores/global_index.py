@@ -30,7 +30,7 @@ import numpy as np
 
 from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
-from ausil_search.stores.segment_store import SegmentStore
+from ausil_search.search.stores.segment_store import SegmentStore
 
 IVF_MIN_SIZE = 20_000  # collections from this size on use IVF
 FLAT_RETURN_SIZE = 10_000  # an IVF index that shrinks below this goes back to exact search

@@ -37,7 +37,7 @@ import numpy as np
 
 from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
-from ausil_search.stores.lock import WriterLock
+from ausil_search.search.stores.lock import WriterLock
 
 FORMAT_VERSION = 1
 SEGMENT_DTYPES = ("float16", "float32")
