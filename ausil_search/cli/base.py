@@ -44,13 +44,6 @@ def emit_json(payload: object) -> None:
     click.echo(json.dumps(payload, indent=2))
 
 
-def progress_bar(iterable=None, total=None, desc="", unit="it"):
-    from tqdm import tqdm
-
-    # Progress goes to stderr and only to a terminal, so --json output and logs stay clean.
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
-
-
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ausil-search")
 def cli() -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .base import cli, emit_json, fmt_time, progress_bar
+from .base import cli, emit_json, fmt_time
+from .progress import ProgressDisplay
 
 
 @cli.group()
@@ -34,11 +35,9 @@ def bench_make(sources, out_dir, groups, seed, mode, workers, cache_dir, as_json
     """
     from ..evaluate.benchmark import make_benchmark
 
-    def progress(iterable, total=None, desc="", unit="it"):
-        return progress_bar(iterable, total=total, desc=desc, unit=unit)
-
-    summary = make_benchmark(list(sources), out_dir, groups=groups, seed=seed, mode=mode, workers=workers,
-                             cache_dir=cache_dir, progress=progress)
+    with ProgressDisplay() as progress:
+        summary = make_benchmark(list(sources), out_dir, groups=groups, seed=seed, mode=mode, workers=workers,
+                                 cache_dir=cache_dir, progress=progress)
     if as_json:
         emit_json(summary)
         return

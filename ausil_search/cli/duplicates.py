@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .base import DEVICE_HELP, INDEX_HELP, MIN_SCORE, MODEL_HELP, cli, default_index, emit_json, fmt_time, progress_bar
+from .base import DEVICE_HELP, INDEX_HELP, MIN_SCORE, MODEL_HELP, cli, default_index, emit_json, fmt_time
+from .progress import ProgressDisplay
 
 
 @cli.command()
@@ -42,10 +43,10 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
         raise click.UsageError("--json and --csv cannot be combined")
     pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
     with SearchEngine(index_dir or default_index(), writable=False, device=device, workers=0) as engine, \
-            progress_bar(desc="dedup", unit="pair") as bar:
+            ProgressDisplay() as progress:
         result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
-                                       on_plan=lambda n: bar.reset(total=n), on_scored=bar.update)
+                                       progress=progress)
     if html_path:
         from ..search.report_html import write_report
 

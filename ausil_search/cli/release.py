@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import AusilError
-from .base import DEVICE_HELP, MODEL_HELP, PRECISION_HELP, cli, emit_json, progress_bar
+from .base import DEVICE_HELP, MODEL_HELP, PRECISION_HELP, cli, emit_json
+from .progress import ProgressDisplay
 
 
 @cli.command()
@@ -49,13 +49,8 @@ def extract(videos_file, output, file_format, step_ms, model_spec, device, batch
     extractor = Extractor(model, device=device, batch_size=batch_size, workers=workers, frontend=frontend,
                           precision=precision)
     started = time.perf_counter()
-    with progress_bar(total=len(entries), desc="extract", unit="video") as bar:
-        def on_progress(entry, error):
-            if error:
-                bar.write(f"skipped {entry.video_id}: {error}", file=sys.stderr)
-            bar.update(1)
-
-        summary = extract_features(entries, output, extractor, file_format, on_progress)
+    with ProgressDisplay() as progress:
+        summary = extract_features(entries, output, extractor, file_format, progress)
     elapsed = time.perf_counter() - started
     if as_json:
         emit_json({**summary.to_dict(), "seconds": round(elapsed, 3), "model": model.identity})
@@ -94,11 +89,9 @@ def similarity(queries_file, database_file, output, model_spec, components, devi
     chosen = pick_device(device)
     source = FeatureSource(model, lambda: Extractor(model, device=str(chosen), workers=0))
     started = time.perf_counter()
-    result = compute_similarities(
-        queries, database, model, source, device=chosen,
-        progress=lambda it: progress_bar(it, total=len(database), desc="similarity", unit="video"),
-        components=components,
-    )
+    with ProgressDisplay() as progress:
+        result = compute_similarities(queries, database, model, source, device=chosen, progress=progress,
+                                      components=components)
     write_json_atomic(output, result.similarities)
     for video_id, reason in result.skipped.items():
         click.echo(f"skipped {video_id}: {reason}", err=True)

@@ -10,7 +10,8 @@ import click
 
 from ..errors import AusilError
 from .base import (DEVICE_HELP, INDEX_HELP, MIN_SCORE, MODEL_HELP, PRECISION_HELP, cli, default_index, emit_json,
-                   fmt_time, print_warnings, progress_bar)
+                   fmt_time, print_warnings)
+from .progress import ProgressDisplay
 
 
 @cli.command()
@@ -37,17 +38,8 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
     engine = SearchEngine(index_dir or default_index(), model_spec, writable=True, device=device,
                           workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
     print_warnings(engine)
-    with engine, progress_bar(desc="index", unit="file") as bar:
-        def on_file(path, error):
-            if error:
-                bar.write(f"skipped: {error}", file=sys.stderr)
-            bar.update(1)
-
-        def on_skip(path, reason):
-            bar.write(f"skipped: {path}: {reason}", file=sys.stderr)
-
-        report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file,
-                                    on_skip=on_skip)
+    with engine, ProgressDisplay() as progress:
+        report = engine.index_paths(paths, prune=prune, progress=progress)
         info = engine.info()
     if as_json:
         emit_json({**report.to_dict(), "index": info})

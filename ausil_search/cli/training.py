@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..train.configs import BackboneTrainConfig, SelfSupervisedConfig, TrainConfig, ViewRecipe
-from .base import DEVICE_HELP, MODEL_HELP, cli, emit_json, progress_bar
+from .base import DEVICE_HELP, MODEL_HELP, cli, emit_json
+from .progress import ProgressDisplay
 
 
 def _range_text(bounds: tuple[float, float]) -> str:
@@ -26,40 +27,28 @@ def _seconds_range(text: str) -> tuple[float, float]:
     return values
 
 
-class _StageProgress:
-    """One progress bar per stage of a training run (extract, whitening, mining, train)."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.step = 0
-
-    def on_stage(self, name: str, total: int | None) -> None:
-        self.close()
-        self.bar = progress_bar(total=total, desc=name, unit="step" if name == "train" else "file")
-
-    def on_file(self, path, error) -> None:
-        if error:
-            self.bar.write(f"skipped: {error}", file=sys.stderr)
-        self.bar.update(1)
-
-    def on_step(self, record) -> None:
-        if self.step == 0 and record.step > 1:
-            self.bar.update(record.step - 1)  # a resumed run starts part way
-        self.step = record.step
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{record.loss:.4f}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+def _run_training(run, step_stage: str, checkpoint_dir: Path | None):
+    """`run(progress)` with the progress display; on Ctrl-C, says at which step the run stopped and how
+    to continue it, and exits 130."""
+    with ProgressDisplay() as progress:
+        try:
+            return run(progress)
+        except KeyboardInterrupt:
+            step = progress.completed if progress.stage == step_stage else 0
+            progress.close()
+            where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
+            click.echo(f"interrupted at step {step}{where}", err=True)
+            sys.exit(130)
 
 
-def _exit_interrupted(step, checkpoint_dir: Path | None) -> None:
-    """Ctrl-C during training: say where the run stopped and how to continue, exit 130."""
-    where = f"; checkpoint in {checkpoint_dir}: rerun with --resume to continue" if checkpoint_dir else ""
-    click.echo(f"interrupted at step {step}{where}", err=True)
-    sys.exit(130)
+def _save_trained(trained, output: Path, float16: bool, as_json: bool) -> Path | None:
+    """Writes the trained model and its report; with --json prints the report and returns None, else
+    returns where the report went."""
+    report_path = trained.save(output, float16)
+    if as_json:
+        emit_json(trained.report)
+        return None
+    return report_path
 
 
 def _recorded_command() -> str:
@@ -88,14 +77,11 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
     from ..model import load_model
     from ..train.head_job import fit_whitening_model
 
-    progress = _StageProgress()
-    try:
+    with ProgressDisplay() as progress:
         fitted = fit_whitening_model(
             load_model(model_spec), sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds,
-            device, on_stage=progress.on_stage, on_file=progress.on_file, command=_recorded_command(),
+            device, progress=progress, command=_recorded_command(),
         )
-    finally:
-        progress.close()
     fitted.model.save(output)
     summary = {**fitted.report, "output": str(output), "model": fitted.model.identity}
     if as_json:
@@ -167,7 +153,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     """
     from ..media.augment import MODES
     from ..model import load_model
-    from ..train.head_job import TrainingHooks, TrainingJob, train_head
+    from ..train.head_job import TrainingJob, train_head
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in mode_list if m not in MODES]
@@ -191,20 +177,12 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
         cache_path=cache_path or (checkpoint_dir / "descriptors.h5" if checkpoint_dir else output.with_suffix(".descriptors.h5")),
         checkpoint_dir=checkpoint_dir, resume=resume, device=device,
     )
-    progress = _StageProgress()
-    try:
-        trained = train_head(model, job, TrainingHooks(progress.on_stage, progress.on_file, progress.on_step),
-                             name=name, command=_recorded_command())
-    except KeyboardInterrupt:
-        progress.close()
-        _exit_interrupted(progress.step, checkpoint_dir)
-    finally:
-        progress.close()
-    report_path = trained.save(output, float16)
-    report, model = trained.report, trained.model
-    if as_json:
-        emit_json(report)
+    trained = _run_training(lambda progress: train_head(model, job, progress, name=name, command=_recorded_command()),
+                            "train", checkpoint_dir)
+    report_path = _save_trained(trained, output, float16, as_json)
+    if report_path is None:
         return
+    report, model = trained.report, trained.model
     loss = report["loss"]
     click.echo(f"{report['steps']} steps in {report['train_seconds']:.1f} s ({report['steps_per_s']} steps/s): "
                f"loss {loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}")
@@ -272,30 +250,13 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
                                                    excerpts_per_recording=excerpts_per_recording))
     job = BackboneTrainingJob(sources=list(sources), config=config, checkpoint_dir=checkpoint_dir, resume=resume,
                               device=device, workers=workers)
-    bar = progress_bar(total=steps, desc="train-backbone", unit="step")
-    state = {"step": None}
-
-    def on_step(record) -> None:
-        if state["step"] is None and record.step > 1:
-            bar.update(record.step - 1)  # a resumed run starts part way
-        state["step"] = record.step
-        bar.update(1)
-        bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{record.accuracy:.2f}", refresh=False)
-
-    try:
-        trained = train_backbone_model(
-            job, load_model(model_spec) if model_spec else None, name, _recorded_command(),
-            on_skip=lambda path, reason: bar.write(f"skipped: {reason}", file=sys.stderr), on_step=on_step)
-    except KeyboardInterrupt:
-        bar.close()
-        _exit_interrupted(state["step"], checkpoint_dir)
-    finally:
-        bar.close()
-    report_path = trained.save(output, float16)
-    report, model = trained.report, trained.model
-    if as_json:
-        emit_json(report)
+    start = load_model(model_spec) if model_spec else None
+    trained = _run_training(lambda progress: train_backbone_model(job, start, name, _recorded_command(), progress),
+                            "train-backbone", checkpoint_dir)
+    report_path = _save_trained(trained, output, float16, as_json)
+    if report_path is None:
         return
+    report, model = trained.report, trained.model
     loss = report["loss"]
     click.echo(f"{report['steps']} steps ({report['steps_per_s']} steps/s this session): loss "
                f"{loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}, partner found "

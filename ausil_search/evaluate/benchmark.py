@@ -23,7 +23,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from ..errors import InputError
 from ..media.sources import collect_media
 from ..atomic import write_json_atomic
 from ..features.spectrogram import log_mel
+from ..progress import Progress, silent, track
 
 # (extension, audio encoder, video encoder or None, weight): mostly videos, some audio-only files.
 CONTAINERS = (
@@ -551,15 +552,17 @@ def make_benchmark(
     mode: str = "normal",
     workers: int = 2,
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Callable[..., Iterable] | None = None,
+    progress: Progress = silent,
 ) -> dict:
-    """Build the benchmark in ``out_dir``; returns a summary (counts, hours, seconds taken)."""
+    """Build the benchmark in ``out_dir``; returns a summary (counts, hours, seconds taken).
+
+    ``progress`` hears of three stages: ``decode sources``, ``check seed material``, ``render videos``.
+    """
     if mode not in ("normal", "hard"):
         raise InputError(f"unknown mode {mode!r}; choose normal or hard")
     if groups <= 0:
         raise InputError("--groups must be positive")
     began = time.monotonic()
-    progress = progress or (lambda iterable, **_: iterable)
     out = Path(out_dir)
     media_dir = out / "media"
     media_dir.mkdir(parents=True, exist_ok=True)
@@ -572,7 +575,7 @@ def make_benchmark(
     jobs = [(p, str(cache)) for p in paths]
     with context.Pool(max(1, workers), initializer=_init_worker, initargs=([],)) as pool:
         decoded = pool.imap(_decode_to_cache, jobs) if workers > 1 else map(_decode_to_cache, jobs)
-        for path, n, features in progress(decoded, total=len(jobs), desc="decode sources", unit="file"):
+        for path, n, features in track(progress, "decode sources", decoded, len(jobs)):
             if features is not None and n > 0:
                 recordings.append(Recording(path, str(cache / f"{_cache_key(path)}.f32"), n, features))
     if not any(r.duration_s >= (10 if mode == "hard" else 20) for r in recordings):
@@ -584,7 +587,7 @@ def make_benchmark(
     group_kinds: dict[str, str] = {}
     items: list[Item] = []
     positives = []
-    seeds = [planner.plan_seed() for _ in progress(range(groups), desc="check seed material", unit="group")]
+    seeds = [planner.plan_seed() for _ in track(progress, "check seed material", range(groups), groups)]
     for group, drawn in enumerate(seed for seed in seeds if seed is not None):
         speed = group % 3 == 2  # about a third of the groups
         kind = ("hard-speed" if speed else "hard") if mode == "hard" else ("speed" if speed else "core")
@@ -608,7 +611,7 @@ def make_benchmark(
     with context.Pool(max(1, workers), initializer=_init_worker, initargs=(shared,)) as pool:
         rendered = pool.imap_unordered(_render_job, render_jobs) if workers > 1 else (
             render_item(item, d, recordings) for item, d in render_jobs)
-        for video_id, name, duration in progress(rendered, total=len(render_jobs), desc="render videos", unit="video"):
+        for video_id, name, duration in track(progress, "render videos", rendered, len(render_jobs)):
             results[video_id] = (name, duration)
 
     queries = sorted((i for i in items if i.role == "query"), key=lambda i: i.video_id)

@@ -28,6 +28,7 @@ from .formats import (
 )
 from ..model.head import AuSiLHead
 from ..model import AuSiLModel
+from ..progress import Progress, Stage, silent, track
 
 Reporter = Callable[[str], None]
 
@@ -60,10 +61,14 @@ def extract_features(
     output: Path,
     extractor: Extractor,
     file_format: Literal["npz", "hdf5"] = "npz",
-    on_progress: Callable[[ListEntry, str | None], None] | None = None,
+    progress: Progress = silent,
 ) -> ExtractSummary:
-    """Write each video's backbone descriptors; unusable files are recorded in `skipped` and passed over."""
+    """Write each video's backbone descriptors; unusable files are recorded in `skipped` and passed over.
+
+    `progress` hears of the `extract` stage, one video (its id) at a time.
+    """
     summary = ExtractSummary()
+    stage = Stage(progress, "extract", len(entries))
     hdf5 = None
     if file_format == "hdf5":
         summary.output = str(hdf5_output_path(output))
@@ -85,8 +90,7 @@ def extract_features(
                 summary.written.append(entry.video_id)
                 summary.segments += len(video.descriptors)
                 summary.audio_seconds += video.duration_s
-            if on_progress:
-                on_progress(entry, video.error)
+            stage.advance(entry.video_id, skipped=video.error and f"{entry.video_id}: {video.error}")
     finally:
         if hdf5 is not None:
             hdf5.close()
@@ -148,12 +152,13 @@ def compute_similarities(
     source: FeatureSource,
     device: torch.device | str = "cpu",
     chunk_size: int = 32,
-    progress: Callable[[Iterator], Iterator] = lambda it: it,
+    progress: Progress = silent,
     components: str = "full",
 ) -> SimilarityResult:
     """Exhaustive AuSiL scores of every query against every database video (release JSON layout).
 
-    `components` selects the ablation of COMPONENTS; the default is the full model.
+    `components` selects the ablation of COMPONENTS; the default is the full model. `progress`
+    hears of the `similarity` stage, one database video at a time.
     """
     device = torch.device(device)
     model.head.to(device).eval()
@@ -168,7 +173,7 @@ def compute_similarities(
     similarities: dict[str, dict[str, float]] = {qid: {} for qid in query_embeddings}
 
     def embedded_database() -> Iterator[tuple[str, torch.Tensor]]:
-        for entry in progress(iter(database)):
+        for entry in track(progress, "similarity", database, len(database)):
             try:
                 yield entry.video_id, _embed(head, source.descriptors(entry), device)
             except InputError as exc:

@@ -35,6 +35,7 @@ import torch
 from .decision import shared_spans, threshold_for
 from ..errors import IndexStoreError, InputError
 from ..media.scan import fingerprint
+from ..progress import Progress, Stage, silent
 from .stores import VideoRecord, WriterLock
 
 DEDUP_DIR = "dedup"
@@ -375,8 +376,9 @@ def pairs_to_score(engine, store: DedupStore, records: dict[int, VideoRecord], f
 
 
 def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.ndarray,
-                progress: Callable[[int], None] = lambda n: None) -> int:
-    """AuSiL scores of the given (query, database) pairs, stored as they come, query by query.
+                progress: Progress = silent) -> int:
+    """AuSiL scores of the given (query, database) pairs, stored as they come, query by query
+    (`progress`: the `dedup` stage, in pairs).
 
     Commits every COMMIT_PAIRS scores or COMMIT_SECONDS; an interruption keeps what was committed.
     Returns the number of pairs scored.
@@ -387,6 +389,7 @@ def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.nd
     pending: list[tuple[int, int, float]] = []
     scored, last_commit = 0, time.monotonic()
     device = engine.device
+    stage = Stage(progress, "dedup", len(queries))
     try:
         for query_rows in np.split(np.arange(len(queries)), bounds) if len(queries) else []:
             query = int(queries[query_rows[0]])
@@ -396,7 +399,7 @@ def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.nd
                 matrices = [torch.from_numpy(m).to(device) for m in engine.store.segments_many(others)]
                 scores = engine.model.head.score_many(q, matrices).float().cpu().numpy()
             pending += [(query, other, float(s)) for other, s in zip(others, scores)]
-            progress(len(others))
+            stage.advance(count=len(others))
             if len(pending) >= COMMIT_PAIRS or time.monotonic() - last_commit > COMMIT_SECONDS:
                 store.put_scores(pending)
                 scored += len(pending)
@@ -465,8 +468,7 @@ def find_duplicate_groups(
     candidates: int = DEFAULT_CANDIDATES,
     since: float | None = None,
     not_duplicates: Iterable[tuple[str | Path, str | Path]] = (),
-    on_plan: Callable[[int], None] = lambda n: None,
-    on_scored: Callable[[int], None] = lambda n: None,
+    progress: Progress = silent,
 ) -> DedupResult:
     """Every group of videos sharing audio in `engine`'s index, biggest and most confident first.
 
@@ -474,7 +476,7 @@ def find_duplicate_groups(
     `candidates`: recall depth per video. `since` (Unix time): only pairs involving videos indexed
     since then are considered, and only groups holding such a video are returned.
     `not_duplicates`: pairs of files to record as not duplicates first (kept in the index).
-    `on_plan(n)` learns how many pairs will be scored, `on_scored(k)` after each batch of k.
+    `progress` hears of the `dedup` stage: the pairs scored, of those that need a score.
     """
     started = time.perf_counter()
     threshold = threshold_for(engine.model, threshold)
@@ -489,8 +491,7 @@ def find_duplicate_groups(
         done = store.done_ids(candidates)
         gone = store.done_ids() - set(records)
         queries, databases, stats.candidate_pairs = pairs_to_score(engine, store, records, focus, done & set(records), candidates)
-        on_plan(len(queries))
-        stats.pairs_scored = score_pairs(engine, store, queries, databases, on_scored)
+        stats.pairs_scored = score_pairs(engine, store, queries, databases, progress)
         if since is None:
             store.mark_done(set(records) - done, candidates)
         pair_q, pair_d, pair_scores = store.pairs()

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from ..features.extraction import Extractor
 from ..model import AuSiLModel, load_model, resolve_model_path
 from ..media.scan import FileState, content_hash, describe_os_error, walk_media
 from ..features.scratch import sweep_stale_once
+from ..progress import Progress, Stage, silent
 from ..features.spectrogram import FrontEnd, segments_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
 
@@ -312,15 +313,13 @@ class SearchEngine:
         self,
         roots: Iterable[Path],
         prune: bool = False,
-        on_plan: Callable[[int], None] = lambda n: None,
-        on_file: Callable[[Path, str | None], None] = lambda path, error: None,
-        on_skip: Callable[[Path, str], None] = lambda path, reason: None,
+        progress: Progress = silent,
     ) -> IndexReport:
         """Bring the index in line with the media under `roots`; see the module doc for guarantees.
 
-        `on_skip(path, reason)` hears of each path passed over while planning (unreadable, not a
-        regular file, a directory that cannot be listed, a broken link), `on_plan(n)` how many files
-        need work, `on_file(path, error)` the outcome of each of them. Files are keyed by their
+        `progress` (:mod:`ausil_search.progress`) hears of two stages: `scan`, each file looked at
+        and each path passed over (unreadable, not a regular file, a directory that cannot be
+        listed, a broken link), then `index`, each file that needed work. Files are keyed by their
         resolved path. One whose size and mtime match its record is not read; otherwise its whole
         content is hashed, and a file that was only touched keeps its entry (its new mtime is noted).
         """
@@ -330,14 +329,17 @@ class SearchEngine:
         report = IndexReport()
         roots = [Path(r).absolute() for r in roots]
 
+        scan = Stage(progress, "scan")
+
         def skip(path: Path, reason: str) -> None:
             report.skipped[str(path)] = reason
-            on_skip(path, reason)
+            scan.advance(path, skipped=f"{path}: {reason}", count=0)
 
         work: list[tuple[Path, FileState, str, bool]] = []
         touched: list[tuple[str, int]] = []
         renamed: list[tuple[str, str]] = []
         for walked in walk_media(roots, has_audio_stream, on_skip=skip):
+            scan.advance(walked)
             path = walked.resolve()  # the key: one entry however the file is reached (links, `..`)
             record = self.store.record_for_path(str(path))
             if record is None and walked != path:  # indexes from before resolved keys
@@ -362,7 +364,7 @@ class SearchEngine:
             self.store.rename_paths(renamed)
         if touched:
             self.store.update_mtimes(touched)
-        on_plan(len(work))
+        indexing = Stage(progress, "index", len(work))
 
         batch: list[tuple[VideoFile, np.ndarray, np.ndarray]] = []
         replacing = 0
@@ -383,7 +385,7 @@ class SearchEngine:
                     state, content, known = details[str(video.path)]
                     if not video.ok:
                         report.skipped[str(video.path)] = video.error or "unknown error"
-                        on_file(video.path, video.error)
+                        indexing.advance(video.path, skipped=video.error or "unknown error")
                         continue
                     segments, pooled = self.embed_for_store(video.descriptors)
                     record = VideoFile(
@@ -397,7 +399,7 @@ class SearchEngine:
                     batch.append((record, segments, pooled))
                     replacing += int(known)
                     report.audio_seconds += video.duration_s
-                    on_file(video.path, None)
+                    indexing.advance(video.path)
                     if len(batch) >= self.commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
                         commit()
                 commit()

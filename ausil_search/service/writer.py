@@ -271,25 +271,26 @@ def _index(engine, task: dict, stop: threading.Event) -> None:
         else:
             skip(path, "refused: a link that leads outside the --root directories")
 
-    def on_plan(total: int) -> None:
-        _emit(event="plan", total=total)
+    def progress(stage: str, completed: int, total: int | None = None, *, item: str | None = None,
+                 skipped: str | None = None, metrics=None) -> None:
+        if stage != "index":
+            return
+        if item is None:  # the stage starts: how many files need work
+            _emit(event="plan", total=total)
+        else:
+            from ..media.audio import probe
+
+            seconds = None
+            if skipped is None:
+                try:
+                    seconds = probe(item).duration_s
+                except AusilError:
+                    pass
+            _emit(event="file", path=item, error=skipped, audio_s=seconds)
         if stop.is_set():
             raise StopRequested
 
-    def on_file(path: Path, error: str | None) -> None:
-        from ..media.audio import probe
-
-        seconds = None
-        if error is None:
-            try:
-                seconds = probe(path).duration_s
-            except AusilError:
-                pass
-        _emit(event="file", path=str(path), error=error, audio_s=seconds)
-        if stop.is_set():
-            raise StopRequested
-
-    report = engine.index_paths(files, on_plan=on_plan, on_file=on_file)
+    report = engine.index_paths(files, progress=progress)
     report.skipped.update(skipped)
     _emit(event="done", report=report.to_dict())
 
