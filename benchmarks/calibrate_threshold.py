@@ -32,9 +32,10 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from run_dev import Benchmark, load_or_make_model, progress  # noqa: E402
+from run_dev import Benchmark, load_or_make_model  # noqa: E402
 
 from ausil_search.atomic import write_json_atomic  # noqa: E402
+from ausil_search.cli.progress import ProgressDisplay  # noqa: E402
 
 MIN_SHARED_S = 5.0  # the generator's own rule: a positive shares >= 5 s with its query
 TRUTHS = ("spans", "groups")
@@ -137,19 +138,16 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
     entries = bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
     index_dir = work / "dedup-index"
     started = time.perf_counter()
-    with SearchEngine(index_dir, model, writable=True, device=device, workers=workers) as engine:
-        bar = progress(None, total=len(entries), desc="index")
-        engine.index_paths([e.path for e in entries], on_plan=lambda n: bar.reset(total=n), on_file=lambda p, e: bar.update(1))
-        bar.close()
+    with SearchEngine(index_dir, model, writable=True, device=device, workers=workers) as engine, \
+            ProgressDisplay() as display:
+        engine.index_paths([e.path for e in entries], progress=display)
     with SearchEngine(index_dir, model, device=device, workers=0) as engine:
         by_path = {str(Path(e.path).absolute()): e.video_id for e in entries}
         video_of = {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
         depth = len(video_of) if candidates is None else candidates
-        bar = progress(None, desc="score pairs")
         # A threshold above any score: the run only scores and stores pairs; the sweep below groups.
-        stats = find_duplicate_groups(engine, threshold=2.0, candidates=depth, on_plan=lambda n: bar.reset(total=n),
-                                      on_scored=bar.update).stats
-        bar.close()
+        with ProgressDisplay() as display:
+            stats = find_duplicate_groups(engine, threshold=2.0, candidates=depth, progress=display).stats
         with DedupStore(index_dir, engine.model.sha256) as store:
             queries, databases, scores = store.pairs()
     truth_by_name = {"groups": group_pairs(bench), "spans": span_pairs(bench)}

@@ -36,15 +36,13 @@ index_dir, candidates = sys.argv[1], int(sys.argv[2])
 def anon_mib():
     status = dict(line.split(':', 1) for line in open('/proc/self/status').read().splitlines() if ':' in line)
     return int(status.get('RssAnon', '0 kB').split()[0]) / 1024
-plan, done, samples = [0], [0], []
-def on_scored(n):  # anonymous memory at every tenth of the pairs: flat means bounded
-    done[0] += n
-    if len(samples) < done[0] * 10 // max(plan[0], 1):
-        samples.append([done[0], round(anon_mib())])
+samples = []
+def progress(stage, completed, total=None, **_):  # anonymous memory at every tenth of the pairs: flat means bounded
+    if len(samples) < completed * 10 // max(total or 0, 1):
+        samples.append([completed, round(anon_mib())])
 started = time.perf_counter()
 with SearchEngine(Path(index_dir), workers=0) as engine:
-    result = find_duplicate_groups(engine, candidates=candidates, on_plan=lambda n: plan.__setitem__(0, n),
-                                   on_scored=on_scored)
+    result = find_duplicate_groups(engine, candidates=candidates, progress=progress)
 print(json.dumps({'seconds': time.perf_counter() - started, 'groups': len(result.groups),
     'rss_anon_mib_at_end': anon_mib(), 'rss_anon_mib_by_pairs_scored': samples,
     'grouped_videos': sum(len(g.members) for g in result.groups), 'threshold': result.threshold,

@@ -51,6 +51,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run from a checkout, ins
 from ausil_search.errors import InputError, WeightsError  # noqa: E402
 from ausil_search.evaluation import average_precision, evaluate  # noqa: E402
 from ausil_search.atomic import write_json_atomic  # noqa: E402
+from ausil_search.cli.progress import ProgressDisplay  # noqa: E402
 from ausil_search.formats import ListEntry, read_video_list  # noqa: E402
 
 COMPONENT_SETS = ("mac", "mac+w", "mac+w+a", "full")
@@ -213,10 +214,12 @@ def load_or_make_model(spec: str | None, work: Path):
     return AuSiLModel.load(path), True
 
 
-def progress(iterable, total=None, desc=""):
-    from tqdm import tqdm
+def progress(iterable, stage: str):
+    """The script's own loops, shown as the CLI shows the library's stages."""
+    from ausil_search.progress import track
 
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=None, dynamic_ncols=True)
+    with ProgressDisplay() as display:
+        yield from track(display, stage, iterable, len(iterable))
 
 
 def engine_runs(bench: Benchmark, model, work: Path, modes: list[str], args) -> dict:
@@ -227,11 +230,8 @@ def engine_runs(bench: Benchmark, model, work: Path, modes: list[str], args) -> 
     shutil.rmtree(index_dir, ignore_errors=True)
     db_paths = [e.path for e in bench.database]
     with SearchEngine(index_dir, model, writable=True, device=args.device, workers=args.workers) as engine:
-        bar = progress(None, total=len(db_paths), desc="index")
-        report = engine.index_paths(db_paths, on_plan=lambda n: bar.reset(total=n), on_file=lambda p, e: bar.update(1))
-        bar.close()
-    for path, reason in report.skipped.items():
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        with ProgressDisplay() as display:  # also prints what was skipped
+            report = engine.index_paths(db_paths, progress=display)
     indexing = {
         "audio_s": report.audio_seconds,
         "seconds": report.seconds,
@@ -247,7 +247,7 @@ def engine_runs(bench: Benchmark, model, work: Path, modes: list[str], args) -> 
             sims: dict[str, dict[str, float]] = {}
             failed: dict[str, str] = {}
             latencies: list[float] = []
-            for i, entry in enumerate(progress(bench.queries, desc=mode)):
+            for i, entry in enumerate(progress(bench.queries, mode)):
                 try:
                     # The scoring pass ranks every candidate; the latency pass is what a user runs.
                     result = engine.query(entry.path, top_k=n_db, candidates=args.candidates, exhaustive=exhaustive,
@@ -322,10 +322,9 @@ def ablation_runs(bench: Benchmark, model, work: Path, steps: list[int], compone
             partial = features.with_suffix(".partial.h5")
             partial.unlink(missing_ok=True)
             extractor = Extractor(model, device=args.device, workers=args.workers, frontend=frontend)
-            bar = progress(None, total=len(entries), desc=f"extract {step} ms")
             started = time.perf_counter()
-            summary = extract_features(entries, partial, extractor, "hdf5", lambda e, err: bar.update(1))
-            bar.close()
+            with ProgressDisplay() as display:
+                summary = extract_features(entries, partial, extractor, "hdf5", display)
             os.replace(partial, features)
             print(f"{step} ms: {summary.segments} segments of {summary.audio_seconds / 60:.1f} min audio "
                   f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -333,11 +332,9 @@ def ablation_runs(bench: Benchmark, model, work: Path, steps: list[int], compone
         try:
             for name in components:
                 started = time.perf_counter()
-                result = compute_similarities(
-                    bench.queries, bench.database, model, source, device=pick_device(args.device),
-                    progress=lambda it: progress(it, total=len(bench.database), desc=f"{name} {step} ms"),
-                    components=name,
-                )
+                with ProgressDisplay() as display:
+                    result = compute_similarities(bench.queries, bench.database, model, source,
+                                                  device=pick_device(args.device), progress=display, components=name)
                 out = work / f"ablation-{name}-{step}ms.json"
                 write_json_atomic(out, result.similarities)
                 scored = score_run(bench, result.similarities)
@@ -360,7 +357,7 @@ def chromaprint_run(bench: Benchmark, work: Path, args) -> dict:
     fingerprint_s = time.perf_counter() - started
     database = {d: prints[d] for d in bench.database_ids if d in prints}
     sims, latencies = {}, []
-    for entry in progress(bench.queries, desc="chromaprint"):
+    for entry in progress(bench.queries, "chromaprint"):
         if entry.video_id not in prints:
             continue
         started = time.perf_counter()

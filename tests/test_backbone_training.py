@@ -205,14 +205,14 @@ def test_resume_reproduces_an_uninterrupted_run(media_dir, tmp_path):
     assert report["steps"] == 3 and report["steps_this_session"] == 3
 
     # ... and interrupted by Ctrl-C after step 2, then resumed, batches made in-process.
-    def interrupt_at_two(record):
-        if record.step == 2:
+    def interrupt_at_two(stage, completed, total=None, **_):  # the progress protocol
+        if stage == "train-backbone" and completed == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
     interrupted = AuSiLModel.initialise(seed=0).backbone
     job = BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", workers=0)
     with pytest.raises(KeyboardInterrupt):
-        train_backbone(interrupted, job, on_step=interrupt_at_two)
+        train_backbone(interrupted, job, progress=interrupt_at_two)
     saved = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)
     assert saved["step"] == 2
 
@@ -240,7 +240,7 @@ def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_pat
                                       "--excerpt-seconds", "2.6", "--calibration-batches", "1", "--workers", "0",
                                       "--seed", "3", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["steps"] == 2 and report["data"]["files"] == 5
 
     model = AuSiLModel.load(out)

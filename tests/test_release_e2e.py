@@ -51,7 +51,7 @@ def test_extract_similarity_evaluate(tmp_path, collection, model_path):
     features = tmp_path / "features"
     result = run("extract", "-f", videos, "-o", features, "--model", model_path, "--workers", "1", "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["written"] == 5 and summary["skipped"] == {}
     for vid in collection:
         with np.load(features / vid / "wlaf.npz") as data:
@@ -85,7 +85,7 @@ def test_extract_similarity_evaluate(tmp_path, collection, model_path):
     png = tmp_path / "pr.png"
     result = run("evaluate", "-r", sims_path, "-a", annotation, "-d", ids, "-rl", "DA", "--plot", png, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["mAP"] == pytest.approx(1.0) and report["queries"] == 1  # a2 has no results row
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = run("evaluate", "-r", sims_path, "-a", annotation, "-d", ids)
@@ -164,7 +164,7 @@ def test_weights_init_and_info(tmp_path):
     target = tmp_path / "m.safetensors"
     result = run("weights", "init", "-o", target, "--seed", "3", "--json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["descriptor_dim"] == 2528 and len(info["sha256"]) == 64
     assert info["identity"].endswith("@" + info["sha256"][:12])
     # weak_mxh64_1024 as DESIGN.md lists it: 3×3 conv blocks with BatchNorm, a 2×2 conv, a 1×1 classifier

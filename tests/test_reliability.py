@@ -384,7 +384,7 @@ def assert_clean_failure(result, *needles: str) -> None:
     """Exit 1 with an `Error:` last line holding the needles, warnings before it, no traceback."""
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     lines = result.output.strip().splitlines()
-    assert all(line.startswith(("warning: ", "skipped: ")) for line in lines[:-1]), result.output
+    assert all(line.startswith(("warning: ", "skipped: ", "progress: ")) for line in lines[:-1]), result.output
     assert lines[-1].startswith("Error: ") and all(n in lines[-1] for n in needles), result.output
 
 

@@ -116,10 +116,10 @@ def pool_setup(recordings, tmp_path_factory):
     cache_path = tmp_path_factory.mktemp("cache") / "descriptors.h5"
     with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
         source = DescriptorSource(model.backbone, model.frontend, cache)
-        skipped = []
+        left_out = []
         examples = self_supervised_examples(sorted(recordings.glob("*.flac")), source, SELF_SUPERVISED,
-                                            lambda path, error: error and skipped.append(error))
-    assert not skipped and len(examples) == 10
+                                            lambda stage, done, total=None, skipped=None, **_: skipped and left_out.append(skipped))
+    assert not left_out and len(examples) == 10
     assert {e.mode for e in examples} == {"core", "speed"}
     pool = examples_pool(examples)
     mean, weights = fit_whitening(pool.videos)  # fewer segments than dims: the low-rank path
@@ -200,7 +200,7 @@ def test_train_command_writes_a_model_and_report(pool_setup, recordings, tmp_pat
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     # every descriptor comes from the cache the fixture filled (same examples, same keys)
     assert report["steps"] == 6 and report["extraction"]["segments_extracted"] == 0
     trained = AuSiLModel.load(out)
@@ -221,7 +221,7 @@ def test_fit_whitening_reads_whole_recordings_when_no_limit_is_given(recordings,
     out = tmp_path / "whitened.safetensors"
     result = CliRunner().invoke(cli, ["fit-whitening", str(recordings), "--model", str(model_path), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     frontend = FrontEnd()
     expected = sum(segment_count(1 + round((13.0 + i) * SR) // frontend.hop_length, frontend) for i in range(5))
     assert summary["files"] == 5 and summary["segments"] == expected

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbone import DESCRIPTOR_DIM
-from ..engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
+from ..features.backbone import DESCRIPTOR_DIM
+from ..search.engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
 from ..errors import AusilError
-from ..stores import GlobalIndex, VideoRecord
+from ..search.stores import GlobalIndex, VideoRecord
 
 QUERY_ATTEMPTS = 3
 

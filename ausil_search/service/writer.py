@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..engine import SEGMENTS_DIR
+from ..search.engine import SEGMENTS_DIR
 from ..errors import AusilError, IndexStoreError
-from ..stores import WriterLock
+from ..search.stores import WriterLock
 
 KEEP_FINISHED_JOBS = 100
 STOP_WAIT_S = 30.0
@@ -250,8 +250,8 @@ def _watch_stdin(stop: threading.Event) -> None:
 
 def _index(engine, task: dict, stop: threading.Event) -> None:
     """Index the task's paths, keeping only files that resolve under the roots (links are followed by the walk)."""
-    from ..engine import has_audio_stream
-    from ..scan import walk_media
+    from ..search.engine import has_audio_stream
+    from ..media.scan import walk_media
 
     from .config import Roots
 
@@ -271,25 +271,26 @@ def _index(engine, task: dict, stop: threading.Event) -> None:
         else:
             skip(path, "refused: a link that leads outside the --root directories")
 
-    def on_plan(total: int) -> None:
-        _emit(event="plan", total=total)
+    def progress(stage: str, completed: int, total: int | None = None, *, item: str | None = None,
+                 skipped: str | None = None, metrics=None) -> None:
+        if stage != "index":
+            return
+        if item is None:  # the stage starts: how many files need work
+            _emit(event="plan", total=total)
+        else:
+            from ..media.audio import probe
+
+            seconds = None
+            if skipped is None:
+                try:
+                    seconds = probe(item).duration_s
+                except AusilError:
+                    pass
+            _emit(event="file", path=item, error=skipped, audio_s=seconds)
         if stop.is_set():
             raise StopRequested
 
-    def on_file(path: Path, error: str | None) -> None:
-        from ..audio import probe
-
-        seconds = None
-        if error is None:
-            try:
-                seconds = probe(path).duration_s
-            except AusilError:
-                pass
-        _emit(event="file", path=str(path), error=error, audio_s=seconds)
-        if stop.is_set():
-            raise StopRequested
-
-    report = engine.index_paths(files, on_plan=on_plan, on_file=on_file)
+    report = engine.index_paths(files, progress=progress)
     report.skipped.update(skipped)
     _emit(event="done", report=report.to_dict())
 
@@ -299,7 +300,7 @@ def main() -> None:
     stop = threading.Event()
     threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
     try:
-        from ..engine import SearchEngine
+        from ..search.engine import SearchEngine
 
         with SearchEngine(Path(task["index"]), task["model"], writable=True, device=task["device"],
                           workers=task["workers"]) as engine:

@@ -9,6 +9,6 @@ Backbone (`ausil-search train-backbone`): :mod:`.backbone_views` (batches of aug
 :mod:`.backbone_trainer`.
 
 Both trainers share :mod:`.scaffold` (checkpoints, resume checks, Ctrl-C, step records). The
-model's maths live in :mod:`ausil_search.head` and :mod:`ausil_search.backbone`: training calls
+model's maths live in :mod:`ausil_search.model.head` and :mod:`ausil_search.features.backbone`: training calls
 them, it does not copy them.
 """

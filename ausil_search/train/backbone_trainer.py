@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..backbone import WeakMxH64
-from ..spectrogram import FrontEnd
+from ..features.backbone import WeakMxH64
+from ..features.spectrogram import FrontEnd
+from ..progress import Progress, Stage, silent
 from .backbone_views import AudioCorpus, ViewBatch, ViewBatches
 from .configs import BackboneTrainConfig
 from .scaffold import StepRecord, StopRequest, TrainedModel, checkpoint_to_use, read_checkpoint, write_checkpoint
@@ -204,19 +205,18 @@ def _loss_summary(history: Sequence[BackboneStep]) -> dict:
     }
 
 
-def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob,
-                   on_skip: Callable[[Path, str], None] = lambda path, reason: None,
-                   on_step: Callable[[BackboneStep], None] = lambda record: None,
+def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob, progress: Progress = silent,
                    frontend: FrontEnd = FrontEnd()) -> dict:
     """Train ``backbone`` in place (resuming from ``job.checkpoint_dir`` if asked) and return a report.
 
-    The backbone ends in eval mode with recalibrated BatchNorm statistics.
+    The backbone ends in eval mode with recalibrated BatchNorm statistics. ``progress`` hears of the
+    stages ``scan`` (the recordings) and ``train-backbone`` (steps, with the loss and the accuracy).
     """
     from ..devices import pick_device
 
     checkpoint_to_use(job.checkpoint_dir, CHECKPOINT_FILE, job.resume)
     device = pick_device(job.device)
-    corpus = AudioCorpus.from_sources(job.sources, on_skip)
+    corpus = AudioCorpus.from_sources(job.sources, progress)
     config = job.config
     batches = ViewBatches(corpus, config.recipe, frontend, config.seed, config.batch_size, job.workers)
     trainer = BackboneTrainer(backbone, batches, corpus, config, device, job.checkpoint_dir)
@@ -224,8 +224,9 @@ def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob,
         if job.resume:
             trainer.load_checkpoint()
         resumed_at = trainer.step
+        steps = Stage(progress, "train-backbone", config.steps, resumed_at)
         started = time.perf_counter()
-        trainer.run(on_step)
+        trainer.run(lambda record: steps.advance(metrics={"loss": record.loss, "acc": record.accuracy}))
         train_seconds = time.perf_counter() - started
         calibration_started = time.perf_counter()
         trainer.recalibrate_batch_norm()
@@ -253,8 +254,7 @@ def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob,
 
 
 def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = "ausil-ssl-backbone", command: str | None = None,
-                         on_skip: Callable[[Path, str], None] = lambda path, reason: None,
-                         on_step: Callable[[BackboneStep], None] = lambda record: None) -> TrainedModel:
+                         progress: Progress = silent) -> TrainedModel:
     """Train ``start``'s backbone (an AuSiLModel; default: the seeded random initialisation) and return
     a model of it with a neutral head, its metadata recording where it started and how it was trained."""
     from ..model import AuSiLModel
@@ -262,7 +262,7 @@ def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = "ausi
     initial = AuSiLModel.initialise(seed=job.config.seed)
     model = start if start is not None else initial
     start_identity = model.identity if start is not None else f"seeded random initialisation (seed {job.config.seed})"
-    report = train_backbone(model.backbone, job, on_skip=on_skip, on_step=on_step, frontend=model.frontend)
+    report = train_backbone(model.backbone, job, progress, frontend=model.frontend)
     trained = AuSiLModel(model.backbone, initial.head, model.frontend, {
         "name": name,
         "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",

@@ -7,11 +7,11 @@ A batch is made like this (:func:`make_view_batch`):
   times (a container seek, so long files cost no more than short ones). Excerpts of one recording
   are each other's hardest negatives, unless their audio repeats (music loops), which is checked.
 - Make two views, each through its own random chain of the augmentations of
-  :mod:`ausil_search.augment` that keep the excerpt's centre in place: speed change (resampling,
+  :mod:`ausil_search.media.augment` that keep the excerpt's centre in place: speed change (resampling,
   ±15 %), tempo change, pitch shift, echo, room reverb, mixing under another recording (−10…+4 dB),
   babble or noise (0–20 dB), band limits and low-pass, resampling to 8–22.05 kHz, gain, low-bitrate
   codecs. Speed and tempo changes scale time about the start, which keeps the centre at the centre.
-- Log-mel of each view (the inference front-end, :func:`ausil_search.spectrogram.log_mel`), then its
+- Log-mel of each view (the inference front-end, :func:`ausil_search.features.spectrogram.log_mel`), then its
   centre window of ``window_frames`` frames (optionally moved by up to ``max_shift_s / 2`` each way,
   so the two windows are misaligned as a query's segments are against the database's); some
   windows are lowered as a quiet passage of a loud file is, or end early as a short clip does.
@@ -28,7 +28,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import augment
-from ..audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
+from ..media import augment
+from ..media.audio import SAMPLE_RATE, decode_audio, probe, read_excerpt
 from ..errors import AusilError, InputError
-from ..media_sources import collect_media
-from ..scratch import die_with_parent
-from ..spectrogram import FrontEnd, log_mel
+from ..media.sources import collect_media
+from ..features.scratch import die_with_parent
+from ..features.spectrogram import FrontEnd, log_mel
+from ..progress import Progress, Stage, silent
 from .configs import ViewRecipe
 
 _WEIGHT_CAP_S = 60.0  # a recording's sampling weight grows with its duration up to this
@@ -56,26 +57,31 @@ class AudioCorpus:
 
     @classmethod
     def from_sources(
-        cls, sources: Sequence[Path | str], on_skip: Callable[[Path, str], None] = lambda path, reason: None
+        cls, sources: Sequence[Path | str], progress: Progress = silent
     ) -> AudioCorpus:
-        """Folders, media files and `.txt` path lists; files without usable audio are skipped."""
+        """Folders, media files and `.txt` path lists; files without usable audio are skipped (and
+        reported to `progress`, with each file looked at: the `scan` stage)."""
 
+        scan = Stage(progress, "scan")
+        found = collect_media(sources, lambda path, reason: scan.advance(path, skipped=f"{path}: {reason}", count=0))
+        scan.total = len(found)
         paths, durations = [], []
-        for path in collect_media(sources, on_skip):
+        for path in found:
             try:
                 info = probe(path)
             except InputError as exc:
-                on_skip(path, str(exc))
+                scan.advance(path, skipped=str(exc))
                 continue
             if not info.has_audio:
-                on_skip(path, "no audio stream")
+                scan.advance(path, skipped=f"{path}: no audio stream")
                 continue
             duration = info.duration_s if info.duration_s and info.duration_s > 0 else _decoded_duration(path)
             if duration <= 0:
-                on_skip(path, "no audio")
+                scan.advance(path, skipped=f"{path}: no audio")
                 continue
             paths.append(str(path))
             durations.append(round(float(duration), 3))
+            scan.advance(path)
         if len(paths) < 2:
             raise AusilError(f"backbone training needs at least 2 usable recordings, found {len(paths)}")
         return cls(tuple(paths), tuple(durations))

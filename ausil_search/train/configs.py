@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import AusilError
 
 if TYPE_CHECKING:
-    from ..spectrogram import FrontEnd
+    from ..features.spectrogram import FrontEnd
 
 RECIPE_VERSION = "contrastive-views/2"
 

@@ -17,12 +17,12 @@ import h5py
 import numpy as np
 import torch
 
-from ..audio import decode_audio
-from ..backbone import SegmentEncoder, WeakMxH64
+from ..media.audio import decode_audio
+from ..features.backbone import SegmentEncoder, WeakMxH64
 from ..errors import AusilError
-from ..formats import is_feature_file, load_feature_file
-from ..scan import fingerprint
-from ..spectrogram import FrontEnd, log_mel, segment
+from ..evaluate.formats import is_feature_file, load_feature_file
+from ..media.scan import fingerprint
+from ..features.spectrogram import FrontEnd, log_mel, segment
 
 
 def backbone_fingerprint(backbone: WeakMxH64, frontend: FrontEnd) -> str:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import augment as augment_module
+from ..media import augment as augment_module
 from ..errors import InputError
-from ..scan import fingerprint
+from ..media.scan import fingerprint
+from ..progress import Progress, Stage, silent
 from .configs import SelfSupervisedConfig
 from .descriptors import DescriptorCache, DescriptorSource, decode_prefix
 
@@ -43,9 +44,10 @@ def self_supervised_examples(
     paths: Sequence[Path],
     source: DescriptorSource,
     config: SelfSupervisedConfig,
-    on_file: Callable[[Path, str | None], None] = lambda path, error: None,
+    progress: Progress = silent,
 ) -> list[Example]:
-    """Examples from every usable recording; unusable or too-short files are reported and skipped.
+    """Examples from every usable recording; unusable or too-short files are reported (`progress`:
+    the `extract` stage) and skipped.
 
     Everything random is seeded by (seed, recording content, example number), so the same files
     give the same examples in any order and a rerun finds them all in the cache.
@@ -67,6 +69,7 @@ def self_supervised_examples(
                 excerpts.pop(next(iter(excerpts)))
         return excerpts[key]
 
+    extract = Stage(progress, "extract", len(paths))
     for path in paths:
         try:
             key = fingerprint(path)
@@ -121,9 +124,9 @@ def self_supervised_examples(
             if samples is not None:
                 excerpt_of(key, path, samples)
             previous = ([(key, path)] + previous)[:2]
-            on_file(path, None)
+            extract.advance(path)
         except InputError as exc:
-            on_file(path, str(exc))
+            extract.advance(path, skipped=str(exc))
     return examples
 
 

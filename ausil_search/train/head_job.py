@@ -7,7 +7,7 @@ fitted on the training side of it, hard negatives are mined, and the head traine
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,12 +15,13 @@ import numpy as np
 import torch
 
 from ..errors import AusilError, InputError
-from ..formats import is_feature_file
-from ..media_sources import collect_media
+from ..evaluate.formats import is_feature_file
+from ..media.sources import collect_media
+from ..progress import Progress, Stage, silent
 from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
 from .configs import SelfSupervisedConfig, TrainConfig
 from .examples import augment_fingerprint, self_supervised_examples
-from .head_trainer import CHECKPOINT_FILE, HeadStep, HeadTrainer, chamfer_separation, loss_summary
+from .head_trainer import CHECKPOINT_FILE, HeadTrainer, chamfer_separation, loss_summary
 from .mining import global_features, mine_hard_negatives
 from .pools import TripletPool, annotation_pool, examples_pool, merge_pools, split_pool, validation_pairs
 from .scaffold import TrainedModel, checkpoint_to_use
@@ -59,24 +60,15 @@ class TrainingJob:
         }
 
 
-@dataclass
-class TrainingHooks:
-    """Progress callbacks: a stage starts (name, total or None), a file is done, a step is done."""
-
-    on_stage: Callable[[str, int | None], None] = lambda name, total: None
-    on_file: Callable[[Path, str | None], None] = lambda path, error: None
-    on_step: Callable[[HeadStep], None] = lambda record: None
-
-
-def build_pool(job: TrainingJob, source: DescriptorSource, hooks: TrainingHooks) -> tuple[TripletPool, list[str]]:
-    """The full triplet pool of a job and, per pair, the group a validation split holds out together."""
-    from ..formats import load_json, read_video_list
+def build_pool(job: TrainingJob, source: DescriptorSource, progress: Progress = silent) -> tuple[TripletPool, list[str]]:
+    """The full triplet pool of a job and, per pair, the group a validation split holds out together
+    (`progress`: an `extract` stage per kind of source)."""
+    from ..evaluate.formats import load_json, read_video_list
 
     pools: list[tuple[TripletPool, list[str]]] = []
     if job.sources:
         paths = collect_media(job.sources)
-        hooks.on_stage("extract", len(paths))
-        examples = self_supervised_examples(paths, source, job.self_supervised, hooks.on_file)
+        examples = self_supervised_examples(paths, source, job.self_supervised, progress)
         if len({e.group for e in examples}) < 2:
             raise AusilError("self-supervised training needs at least 2 usable recordings")
         pools.append((examples_pool(examples), [e.group for e in examples]))
@@ -87,14 +79,14 @@ def build_pool(job: TrainingJob, source: DescriptorSource, hooks: TrainingHooks)
         if not isinstance(annotation, dict):
             raise AusilError(f"{job.annotation}: expected {{query_id: {{label: [video ids]}}}}")
         entries = read_video_list(job.video_list)
-        hooks.on_stage("extract", len(entries))
+        extract = Stage(progress, "extract", len(entries))
         descriptors = {}
         for entry in entries:
             try:
                 descriptors[entry.video_id] = source.of_file(entry.path)
-                hooks.on_file(entry.path, None)
+                extract.advance(entry.path)
             except InputError as exc:
-                hooks.on_file(entry.path, str(exc))
+                extract.advance(entry.path, skipped=str(exc))
         pool = annotation_pool(annotation, descriptors, job.relevant_labels)
         pools.append((pool, [pool.names[a] for a, _ in pool.pairs]))
     if not pools:
@@ -105,8 +97,12 @@ def build_pool(job: TrainingJob, source: DescriptorSource, hooks: TrainingHooks)
     return pool, groups
 
 
-def train_model(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks()) -> dict:
-    """Train `model`'s head in place (the backbone stays frozen) and return the run's report."""
+def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
+    """Train `model`'s head in place (the backbone stays frozen) and return the run's report.
+
+    `progress` hears of the stages `extract`, `whitening` (unless resumed or kept), `mining` and
+    `train` (steps, with the loss).
+    """
     from ..devices import pick_device
 
     started = time.perf_counter()
@@ -117,7 +113,7 @@ def train_model(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks())
     cache = DescriptorCache(job.cache_path, backbone_fingerprint(model.backbone, model.frontend))
     with cache:
         source = DescriptorSource(model.backbone, model.frontend, cache, device, job.precision)
-        pool, groups = build_pool(job, source, hooks)
+        pool, groups = build_pool(job, source, progress)
     extraction = {
         "segments_extracted": source.segments,
         "seconds": round(source.seconds, 2),
@@ -132,26 +128,28 @@ def train_model(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks())
     else:
         extras: dict = {}
         if job.whitening == "fit":
-            hooks.on_stage("whitening", None)
+            whitening = Stage(progress, "whitening", 1)
             used = np.unique(np.concatenate([train_pool.pairs.ravel(), *train_pool.negatives]))
             fit = fit_whitening_report((pool.videos[i] for i in used), job.whitening_shrinkage)
+            whitening.advance()
             with torch.no_grad():
                 head.pca_mean.copy_(torch.from_numpy(fit.mean))
                 head.pca_weights.copy_(torch.from_numpy(fit.weights))
             head.use_whitening = True
             extras["whitening"] = fit.summary()
-        hooks.on_stage("mining", None)
+        mining_stage = Stage(progress, "mining", 1)
         features = global_features(head, pool.videos, device)
         hard, mining = mine_hard_negatives(train_pool, features, job.config.hard_negative_margin)
+        mining_stage.advance()
         extras["mining"] = mining.to_dict()
         if len(val_pool):
             extras["validation_before"] = chamfer_separation(head, val_pool, device)
         trainer = HeadTrainer(head, train_pool, hard, job.config, device, job.checkpoint_dir)
         trainer.extras = extras
     resumed_at = trainer.step
-    hooks.on_stage("train", job.config.steps)
+    steps = Stage(progress, "train", job.config.steps, resumed_at)
     train_started = time.perf_counter()
-    trainer.train(hooks.on_step)
+    trainer.train(lambda record: steps.advance(metrics={"loss": record.loss}))
     train_seconds = time.perf_counter() - train_started
     report = {
         "steps": trainer.step,
@@ -179,30 +177,33 @@ def fit_model_whitening(
     max_seconds: float | None = None,
     device: str | None = None,
     precision: str = "fused",
-    on_stage: Callable[[str, int | None], None] = lambda name, total: None,
-    on_file: Callable[[Path, str | None], None] = lambda path, error: None,
+    progress: Progress = silent,
 ) -> dict:
-    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a summary."""
+    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a summary.
+
+    `progress` hears of the stages `extract` and `whitening`.
+    """
     from ..devices import pick_device
 
     paths = [Path(p) for p in sources if is_feature_file(Path(p))]
     media = [Path(p) for p in sources if not is_feature_file(Path(p))]
     if media:
         paths += collect_media(media)
-    on_stage("extract", len(paths))
+    extract = Stage(progress, "extract", len(paths))
     matrices = []
     with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
         source = DescriptorSource(model.backbone, model.frontend, cache, pick_device(device), precision)
         for path in paths:
             try:
                 matrices.append(source.of_file(path, max_seconds))
-                on_file(path, None)
+                extract.advance(path)
             except InputError as exc:
-                on_file(path, str(exc))
+                extract.advance(path, skipped=str(exc))
     if not matrices:
         raise AusilError("no usable recording to fit the whitening on")
-    on_stage("whitening", None)
+    whitening = Stage(progress, "whitening", 1)
     fit = fit_whitening_report(matrices, shrinkage)
+    whitening.advance()
     with torch.no_grad():
         model.head.pca_mean.copy_(torch.from_numpy(fit.mean))
         model.head.pca_weights.copy_(torch.from_numpy(fit.weights))
@@ -214,12 +215,12 @@ def fit_model_whitening(
     }
 
 
-def train_head(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks(), name: str | None = None,
+def train_head(model, job: TrainingJob, progress: Progress = silent, name: str | None = None,
                command: str | None = None) -> TrainedModel:
     """Train ``model``'s head in place (:func:`train_model`) and record in its metadata what it was
     trained from and with which recipe; ``command`` is the provenance line (the CLI's command)."""
     input_identity = model.identity
-    report = train_model(model, job, hooks)
+    report = train_model(model, job, progress)
     model.metadata.update({
         "name": name or f"{model.name}-trained",
         "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
@@ -235,11 +236,9 @@ def train_head(model, job: TrainingJob, hooks: TrainingHooks = TrainingHooks(), 
 
 def fit_whitening_model(model, sources: Sequence[Path], cache_path: Path | None = None, shrinkage: float | None = None,
                         max_seconds: float | None = None, device: str | None = None, precision: str = "fused",
-                        on_stage: Callable[[str, int | None], None] = lambda name, total: None,
-                        on_file: Callable[[Path, str | None], None] = lambda path, error: None,
-                        command: str | None = None) -> TrainedModel:
+                        progress: Progress = silent, command: str | None = None) -> TrainedModel:
     """:func:`fit_model_whitening`, with the fit recorded in the model's metadata; the report is its summary."""
-    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, on_stage, on_file)
+    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, progress)
     model.metadata.update({
         "version": f"{model.version}+w{summary['segments']}",
         "whitening": {k: v for k, v in summary.items() if k != "extraction"}

@@ -1,7 +1,7 @@
 """The head trainer: triplet loss plus similarity regularisation on a triplet pool, Adam, exact resume.
 
 The backbone is frozen (the paper's best setting), so a step only runs the head, through the same
-:class:`~ausil_search.head.AuSiLHead` methods a query uses (``whiten``, ``attend``,
+:class:`~ausil_search.model.head.AuSiLHead` methods a query uses (``whiten``, ``attend``,
 ``compare_pairs``, ``chamfer_pairs``) on a padded batch of pairs.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, tile_segments
+from ..model.head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, tile_segments
 from .configs import TrainConfig
 from .pools import TripletPool
 from .scaffold import StepRecord, StopRequest, read_checkpoint, write_checkpoint

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..backbone import DESCRIPTOR_DIM
+from ..features.backbone import DESCRIPTOR_DIM
 from ..errors import AusilError
-from ..head import AuSiLHead, l2_normalize
+from ..model.head import AuSiLHead, l2_normalize
 from .pools import TripletPool
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import AusilError
-from ..head import l2_normalize
+from ..model.head import l2_normalize
 
 # Rows of descriptors per float32 Gram-matrix update in `fit_whitening`.
 _WHITENING_CHUNK = 4096

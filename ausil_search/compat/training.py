@@ -1,0 +1,17 @@
+"""Compatibility imports: head training now lives in :mod:`ausil_search.train`."""
+
+from ..media.sources import PATH_LIST_SUFFIXES, collect_media
+from ..train.descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint, decode_prefix
+from ..train.configs import SelfSupervisedConfig, TrainConfig
+from ..train.examples import Example, augment_fingerprint, self_supervised_examples
+from ..train.head_job import TrainingJob, build_pool, fit_model_whitening, fit_whitening_model, train_head, train_model
+from ..train.head_trainer import CHECKPOINT_FILE, CHECKPOINT_FORMAT, HeadStep, HeadTrainer
+from ..train.head_trainer import chamfer_separation, loss_summary
+from ..train.mining import MiningReport, global_features, mine_hard_negatives
+from ..train.pools import TripletPool, annotation_pool, examples_pool, merge_pools, split_pool, validation_pairs
+from ..train.scaffold import TrainedModel, read_checkpoint
+from ..train.whitening import WhiteningFit, fit_whitening, fit_whitening_report
+
+StepRecord = HeadStep
+
+__all__ = [name for name in dir() if not name.startswith("_")]

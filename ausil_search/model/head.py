@@ -1,0 +1,384 @@
+"""The AuSiL similarity head: whitening, attention, comparator CNN and Chamfer similarity.
+
+Parameter names are the model-file keys (under a `head.` prefix): `pca_mean`, `pca_weights`,
+`context`, `comparator.{conv1,conv2,conv3,fconv}.{weight,bias}`. All functions are device-agnostic:
+they run where their input tensors live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..features.backbone import DESCRIPTOR_DIM
+
+# The release tiles database videos to >= 10 segments. The comparator needs >= 4 segments a side
+# to survive its two 2x2 max-pools, so queries get the same doubling rule with that minimum.
+MIN_DATABASE_SEGMENTS = 10
+MIN_COMPARATOR_SEGMENTS = 4
+# Input rows (columns) covered by one comparator output cell: two 2x2/2 max-pools.
+COMPARATOR_STRIDE = 4
+# The release's tf.nn.l2_normalize epsilon, which bounds the *squared* norm from below.
+L2_EPSILON = 1e-15
+# Batch-size budgets for `score_many` (elements of the biggest intermediate). On CPU, big batches
+# only add memory traffic: measured, 1<<22 is as fast as one pair at a time and 1<<26 3x slower.
+MAX_BATCH_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Row-wise L2 normalisation as TensorFlow does it: x / sqrt(max(sum(x^2), 1e-15))."""
+    return x * torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp_min(L2_EPSILON))
+
+
+def tile_segments(x: Tensor, minimum: int = MIN_DATABASE_SEGMENTS) -> Tensor:
+    """The release's rule for short videos: concatenate with itself until there are `minimum` rows."""
+    if len(x) == 0:
+        raise ValueError("cannot tile a video with no segments")
+    while len(x) < minimum:
+        x = torch.cat([x, x])
+    return x
+
+
+def chamfer(sim_map: Tensor) -> Tensor:
+    """Chamfer similarity: mean over rows of the max over columns."""
+    return sim_map.amax(dim=-1).mean(dim=-1)
+
+
+def masked_chamfer(maps: Tensor, widths: Tensor, heights: Tensor | None = None) -> Tensor:
+    """Chamfer of each (B, H, W) batch item over its valid cells: columns < width, rows < height.
+
+    Without ``heights`` every row is valid and the mean is the plain one of :func:`chamfer`.
+    """
+    columns = torch.arange(maps.shape[-1], device=maps.device)
+    row_max = maps.masked_fill(columns[None, None, :] >= widths[:, None, None], float("-inf")).amax(dim=-1)
+    if heights is None:
+        return row_max.mean(dim=-1)
+    rows_valid = torch.arange(maps.shape[-2], device=maps.device)[None, :] < heights[:, None]
+    return row_max.masked_fill(~rows_valid, 0).sum(-1) / rows_valid.sum(-1)
+
+
+def valid_cells(shape: torch.Size, heights: Tensor, widths: Tensor) -> Tensor:
+    """(B, H, W) mask of the cells inside each item's (height, width)."""
+    rows = torch.arange(shape[-2], device=heights.device)
+    columns = torch.arange(shape[-1], device=heights.device)
+    return (rows[None, :, None] < heights[:, None, None]) & (columns[None, None, :] < widths[:, None, None])
+
+
+def _replicate_past_width(x: Tensor, widths: Tensor) -> Tensor:
+    """Overwrite every column at or past each item's valid width with its last valid column.
+
+    A batch item narrower than the batch then pads exactly as it would alone (edge replication).
+    """
+    columns = torch.arange(x.shape[-1], device=x.device)
+    index = torch.minimum(columns[None, :], (widths - 1)[:, None])
+    return x.gather(-1, index[:, None, None, :].expand_as(x))
+
+
+class VideoComparator(nn.Module):
+    """The comparator CNN on a similarity matrix, batched over candidates of different widths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.conv3 = nn.Conv2d(64, 128, 3)
+        self.fconv = nn.Conv2d(128, 1, 1)
+
+    def forward(self, sim: Tensor, widths: Tensor | None = None, clip: bool = True,
+                heights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(B, H, W) similarity matrices -> ((B, H', W') maps, (B,) valid widths, (B,) valid heights).
+
+        `widths` (`heights`) are the true widths (heights) of items padded at the right (bottom),
+        whose padding must replicate their last real column (row); map cells past an item's
+        returned width or height are meaningless. Without `heights` every row is real.
+        """
+        if widths is None:
+            widths = torch.full((sim.shape[0],), sim.shape[-1], device=sim.device)
+        x = sim.unsqueeze(1)
+        for conv in (self.conv1, self.conv2):
+            x = F.max_pool2d(F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))), 2)
+            widths = widths // 2
+            x = _replicate_past_width(x, widths)
+            if heights is not None:
+                heights = heights // 2
+                x = _replicate_past_width(x.transpose(-1, -2), heights).transpose(-1, -2)
+        x = self.fconv(F.relu(self.conv3(F.pad(x, (1, 1, 1, 1), mode="replicate"))))
+        x = x.squeeze(1)
+        return (x.clamp(-1.0, 1.0) if clip else x), widths, heights
+
+    def reset_keras_style(self, generator: torch.Generator | None = None) -> None:
+        """Glorot-uniform kernels and zero biases, as Keras initialises a fresh Conv2D."""
+        for conv in (self.conv1, self.conv2, self.conv3, self.fconv):
+            nn.init.xavier_uniform_(conv.weight, generator=generator)
+            nn.init.zeros_(conv.bias)
+
+    @torch.no_grad()
+    def reset_passthrough(self, generator: torch.Generator | None = None, noise: float = 1e-3) -> None:
+        """Make channel 0 carry the similarity matrix through (ReLU, then the two max-pools).
+
+        The other weights get `noise` times a Keras initialisation: a trained comparator starts
+        from Chamfer over the pooled matrix, and no channel is dead to the gradient.
+        """
+        self.reset_keras_style(generator)
+        for conv in (self.conv1, self.conv2, self.conv3, self.fconv):
+            conv.weight.mul_(noise)
+            conv.weight[0, 0] = 0.0
+            conv.weight[0, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
+
+
+class AuSiLHead(nn.Module):
+    """Segment embedding and video-to-video similarity of AuSiL.
+
+    The `use_*` flags switch components off for ablations; without the comparator the video
+    similarity is plain Chamfer over the raw similarity matrix.
+    """
+
+    def __init__(
+        self,
+        dim: int = DESCRIPTOR_DIM,
+        *,
+        use_whitening: bool = True,
+        use_attention: bool = True,
+        use_comparator: bool = True,
+    ) -> None:
+        super().__init__()
+        self.pca_mean = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.pca_weights = nn.Parameter(torch.eye(dim), requires_grad=False)
+        self.context = nn.Parameter(torch.zeros(dim))
+        self.comparator = VideoComparator()
+        self.use_whitening = use_whitening
+        self.use_attention = use_attention
+        self.use_comparator = use_comparator
+
+    @classmethod
+    def identity(cls, dim: int = DESCRIPTOR_DIM, seed: int | None = None, **flags: bool) -> AuSiLHead:
+        """A neutral head (no whitening, every attention weight 0.5), Keras-initialised comparator."""
+        head = cls(dim, **flags)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        head.comparator.reset_keras_style(generator)
+        return head
+
+    def init_passthrough_comparator(self, seed: int | None = None) -> None:
+        """Replace the comparator by a near pass-through one (see `VideoComparator.reset_passthrough`)."""
+        self.comparator.reset_passthrough(torch.Generator().manual_seed(seed) if seed is not None else None)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(N, dim) backbone descriptors -> (N, dim) embedded segments."""
+        return self.attend(self.whiten(x))
+
+    def whiten(self, x: Tensor) -> Tensor:
+        """L2-normalised, then PCA-whitened and L2-normalised again (when whitening is on)."""
+        x = l2_normalize(x)
+        if self.use_whitening:
+            x = l2_normalize((x - self.pca_mean) @ self.pca_weights)
+        return x
+
+    def attend(self, x: Tensor) -> Tensor:
+        """Each whitened segment weighted by its attention ``(x·c)/2 + 0.5`` (when attention is on)."""
+        if self.use_attention:
+            x = x * ((x @ self.context) / 2 + 0.5).unsqueeze(-1)
+        return x
+
+    def comparator_map(self, q: Tensor, p: Tensor, clip: bool = True) -> Tensor:
+        """Comparator output (X', Y') for embedded query (X, dim) and database (Y, dim) videos."""
+        if len(q) < MIN_COMPARATOR_SEGMENTS or len(p) < MIN_COMPARATOR_SEGMENTS:
+            raise ValueError(
+                f"the comparator needs >= {MIN_COMPARATOR_SEGMENTS} segments a side, got {len(q)} x {len(p)}"
+            )
+        sim_map, _, _ = self.comparator((q @ p.T).unsqueeze(0), clip=clip)
+        return sim_map[0]
+
+    def similarity_map(self, q: Tensor, p: Tensor) -> Tensor:
+        """What Chamfer is taken over: the comparator output, or the raw matrix without a comparator."""
+        return self.comparator_map(q, p) if self.use_comparator else q @ p.T
+
+    def score(self, q: Tensor, p: Tensor) -> float:
+        """Video similarity of embedded query and database videos, with the tiling rules applied."""
+        q = tile_segments(q, MIN_COMPARATOR_SEGMENTS)
+        p = tile_segments(p, MIN_DATABASE_SEGMENTS)
+        return chamfer(self.similarity_map(q, p)).item()
+
+    def score_many(
+        self,
+        q: Tensor,
+        candidates: Sequence[Tensor],
+        max_batch_elems: int | None = None,
+    ) -> Tensor:
+        """`score` of one query against many candidates, in memory-bounded batches: (B,) scores.
+
+        `max_batch_elems` bounds the largest intermediate (the first conv's output, 32 channels);
+        by default MAX_BATCH_ELEMS of the query's device type. Candidates are grouped by width so
+        that little work goes into padding.
+        """
+        if max_batch_elems is None:
+            max_batch_elems = MAX_BATCH_ELEMS.get(q.device.type, MAX_BATCH_ELEMS["cuda"])
+        q = tile_segments(q, MIN_COMPARATOR_SEGMENTS)
+        tiled = [tile_segments(p, MIN_DATABASE_SEGMENTS) for p in candidates]
+        scores = torch.empty(len(tiled), device=q.device, dtype=q.dtype)
+        order = sorted(range(len(tiled)), key=lambda i: len(tiled[i]), reverse=True)
+        elems_per_column = self.comparator.conv1.out_channels * (len(q) + 2)
+        start = 0
+        while start < len(order):
+            width = len(tiled[order[start]])
+            count = max(1, max_batch_elems // (elems_per_column * (width + 2)))
+            chunk = order[start:start + count]
+            scores[chunk] = self._score_chunk(q, [tiled[i] for i in chunk])
+            start += len(chunk)
+        return scores
+
+    def _score_chunk(self, q: Tensor, candidates: list[Tensor]) -> Tensor:
+        # One matmul against all candidates, then a gather that lays each candidate's columns out
+        # right-padded by repeating its last column (the comparator's edge replication).
+        widths = torch.tensor([len(p) for p in candidates], device=q.device)
+        offsets = torch.cumsum(widths, 0) - widths
+        columns = torch.arange(int(widths.max()), device=q.device)
+        index = offsets[:, None] + torch.minimum(columns[None, :], widths[:, None] - 1)
+        sim = (q @ torch.cat(candidates).T)[:, index].permute(1, 0, 2)
+        if self.use_comparator:
+            sim, widths, _ = self.comparator(sim, widths)
+        return masked_chamfer(sim, widths)
+
+    def compare_pairs(self, queries: Sequence[Tensor], databases: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Similarity maps of many (query, database) pairs of embedded videos, any sizes, in one batch.
+
+        Returns the (B, H', W') maps *before* the hard tanh (training regularises what leaves
+        [-1, 1]) and their (B, H', W') validity mask. Each similarity matrix is padded to the
+        batch's size by repeating its last row and column, and the comparator keeps padding that
+        way after each pooling, so every item's valid cells equal those of running it alone.
+        Without a comparator the maps are the raw similarity matrices.
+        """
+        heights = torch.tensor([len(q) for q in queries], device=queries[0].device)
+        widths = torch.tensor([len(p) for p in databases], device=queries[0].device)
+        height, width = int(heights.max()), int(widths.max())
+        sims = torch.stack([
+            F.pad((q @ p.T)[None], (0, width - len(p), 0, height - len(q)), mode="replicate")[0]
+            for q, p in zip(queries, databases)
+        ])
+        if self.use_comparator:
+            sims, widths, heights = self.comparator(sims, widths, clip=False, heights=heights)
+        return sims, valid_cells(sims.shape, heights, widths)
+
+    def chamfer_pairs(self, maps: Tensor, valid: Tensor) -> Tensor:
+        """Video similarity of each pair from :meth:`compare_pairs`' maps: hard tanh, then masked Chamfer."""
+        widths, heights = valid.any(dim=-2).sum(-1), valid.any(dim=-1).sum(-1)
+        return masked_chamfer(maps.clamp(-1.0, 1.0), widths, heights)
+
+    def occurrences(self, q: Tensor, p: Tensor) -> list[tuple[range, range, float]]:
+        """Every place embedded query `q` occurs in embedded database video `p` (:func:`find_occurrences`)."""
+        return find_occurrences(q @ p.T)
+
+    def locate(self, q: Tensor, p: Tensor) -> tuple[range, range]:
+        """Query and database segment ranges of the best match between two embedded videos.
+
+        Uses the raw similarity matrix: it has one cell per segment pair, where the comparator's
+        output has one per 4x4 block.
+        """
+        return best_alignment(q @ p.T)
+
+
+def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None) -> tuple[range, range]:
+    """Row and column spans of the strongest diagonal of a similarity matrix.
+
+    Shared audio shows as a diagonal run of high values, so the offset with the highest mean along
+    its diagonal wins; diagonals shorter than `min_overlap` cells (default: half the shorter side)
+    do not compete, so that a lone corner cell cannot win. The winning diagonal is then trimmed
+    at both ends to its first and last cells above the halfway point between the matrix's median
+    and the diagonal's maximum. `stride` is the input segments per cell: 1 for a raw similarity
+    matrix, 4 (COMPARATOR_STRIDE) for a comparator output.
+    """
+    values = sim.detach().double().cpu().numpy()
+    rows, columns = values.shape
+    if min_overlap is None:
+        min_overlap = max(1, min(rows, columns) // 2)
+    min_overlap = min(min_overlap, rows, columns)
+    offsets = range(-(rows - min_overlap), columns - min_overlap + 1)
+    best = max(offsets, key=lambda offset: np.diagonal(values, offset).mean())
+    diagonal = np.diagonal(values, best)
+    threshold = (np.median(values) + diagonal.max()) / 2
+    above = np.flatnonzero(diagonal >= threshold)
+    first, last = int(above[0]), int(above[-1]) + 1
+    row, column = max(0, -best), max(0, best)
+    return (
+        range((row + first) * stride, (row + last) * stride),
+        range((column + first) * stride, (column + last) * stride),
+    )
+
+
+def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: int | None = None,
+                     keep: float = 0.4, min_contrast: float = 6.0) -> list[tuple[range, range, float]]:
+    """Every place the query occurs in the database video: (query rows, database columns, score) per
+    occurrence, in database order, from a raw similarity matrix (query segments × database segments).
+
+    Shared audio is a diagonal run of high values; a speed change tilts it, so each diagonal is
+    scored in a band of ``±max_speed_change·rows/2`` columns around it (the mean over rows of the
+    band's maximum). Diagonal offsets are taken best first, each one suppressing the offsets within
+    one query length of it (a repeat inside the query is not a second place in the database), while
+    they score at least ``keep`` of the way from the band's median to the best offset's score and
+    stand out from the offsets' scores by ``min_contrast`` robust standard deviations (so that
+    chance diagonals of an unrelated video are not listed). Each is then trimmed like
+    :func:`best_alignment`. The best offset is always returned, so there is at least one.
+    """
+    values = sim.detach().double().cpu().numpy()
+    rows, columns = values.shape
+    band = int(np.ceil(max_speed_change * rows / 2))
+    banded = values.copy()
+    for shift in range(1, band + 1):  # the maximum over columns j-band..j+band, at every cell
+        banded[:, shift:] = np.maximum(banded[:, shift:], values[:, :-shift])
+        banded[:, :-shift] = np.maximum(banded[:, :-shift], values[:, shift:])
+    if min_overlap is None:
+        min_overlap = max(1, min(rows, columns) // 2)
+    min_overlap = min(min_overlap, rows, columns)
+    offsets = np.arange(-(rows - min_overlap), columns - min_overlap + 1)
+    scores = np.array([np.diagonal(banded, offset).mean() for offset in offsets])
+    floor = float(np.median(banded))
+    order = np.argsort(-scores, kind="stable")
+    best = scores[order[0]]
+    centre = float(np.median(scores))
+    spread = 1.4826 * float(np.median(np.abs(scores - centre))) or 1e-12
+    chosen: list[int] = []
+    for index in order:
+        if chosen and (scores[index] < floor + keep * (best - floor) or scores[index] < centre + min_contrast * spread):
+            break
+        if all(abs(offsets[index] - offsets[other]) >= rows for other in chosen):
+            chosen.append(int(index))
+    found = []
+    median = float(np.median(values))
+    for index in chosen:
+        offset = int(offsets[index])
+        diagonal = np.diagonal(banded, offset)
+        threshold = (median + diagonal.max()) / 2
+        above = np.flatnonzero(diagonal >= threshold)
+        first, last = int(above[0]), int(above[-1]) + 1
+        row, column = max(0, -offset), max(0, offset)
+        lo, hi = row + first, row + last - 1
+        start, end = _run_columns(values, range(lo, hi + 1), column - row, band, max_speed_change)
+        found.append((range(lo, hi + 1), range(start, end), float(diagonal[first:last].mean())))
+    return sorted(found, key=lambda item: item[1].start)
+
+
+def _run_columns(values: np.ndarray, rows: range, offset: int, band: int, max_speed_change: float) -> tuple[int, int]:
+    """First and one-past-last database column of a matched run of query `rows` near diagonal `offset`.
+
+    A speed-changed copy tilts the run, so the column where each row matches best (within the band)
+    is fitted with a line whose slope stays within the speed range; its ends give the span, which
+    one noisy row at either end cannot move much.
+    """
+    columns = values.shape[1]
+    best = []
+    for r in rows:
+        low, high = max(0, r + offset - band), min(columns, r + offset + band + 1)
+        best.append(low + int(np.argmax(values[r, low:high])) if high > low else min(max(r + offset, 0), columns - 1))
+    rows_array = np.asarray(rows, np.float64)
+    if len(rows) >= 3:
+        slope, intercept = np.polyfit(rows_array, np.asarray(best, np.float64), 1)
+        slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
+        intercept = float(np.mean(np.asarray(best) - slope * rows_array))
+    else:
+        slope, intercept = 1.0, float(np.mean(np.asarray(best) - rows_array))
+    start = int(np.clip(round(intercept + slope * rows.start), 0, columns - 1))
+    end = int(np.clip(round(intercept + slope * (rows.stop - 1)), start, columns - 1)) + 1
+    return start, end

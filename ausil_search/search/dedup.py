@@ -1,0 +1,554 @@
+"""Every group of indexed videos that share audio (`ausil-search dedup`).
+
+Each video is matched against the rest like a query (FAISS recall of its global descriptor, then the
+AuSiL rerank of the candidates from their stored segments); pairs scoring at least the match
+threshold (`decision.py`) are joined into groups, strongest pairs first.
+
+What is kept in the index, in its own LMDB environment `INDEX/dedup/` (the segment store stays
+untouched, and an index can be searched and extended while a dedup runs):
+  pairs      model key + query id + database id -> float32 score, for every pair ever scored
+  done       model key + video id -> the recall depth of the complete run that matched that video
+  decisions  the two content fingerprints, sorted -> JSON: "not duplicates", said by a user
+  meta       format version
+Ids are never reused by the segment store, so a stored score always belongs to the same two
+contents; the model key (the first 8 bytes of the model's SHA-256) keeps scores of different models
+apart. A rerun therefore only scores pairs that involve a video not yet matched by a complete run
+of at least the same recall depth, and pairs an interrupted run did not reach. Decisions are keyed by content fingerprint, so they
+survive re-indexing (an unchanged file gets the same fingerprint, even under a new id or path).
+Every write is one LMDB transaction: a crash keeps what committed and loses nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import torch
+
+from .decision import shared_spans, threshold_for
+from ..errors import IndexStoreError, InputError
+from ..media.scan import fingerprint
+from ..progress import Progress, Stage, silent
+from .stores import VideoRecord, WriterLock
+
+DEDUP_DIR = "dedup"
+FORMAT_VERSION = 1
+DEFAULT_CANDIDATES = 20  # recall per video; groups need only a chain of strong pairs, not every pair
+RECALL_CHUNK = 2048  # global descriptors searched at a time
+COMMIT_PAIRS = 4096  # scores per write transaction
+COMMIT_SECONDS = 10.0
+_DB_NAMES = (b"pairs", b"done", b"decisions", b"meta")
+_MAP_SIZE = 64 << 20  # grows by doubling when full
+
+
+def _id_bytes(video_id: int) -> bytes:
+    return int(video_id).to_bytes(8, "big")
+
+
+def _pair_id(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 per (query id, database id) pair, for set operations on many pairs at once."""
+    return (np.asarray(a, np.int64) << 32) | np.asarray(b, np.int64)
+
+
+def decision_key(fingerprint_a: str, fingerprint_b: str) -> bytes:
+    return "|".join(sorted((fingerprint_a, fingerprint_b))).encode()
+
+
+class DedupStore:
+    """Pair scores, per-video progress and user decisions of one index, for one model."""
+
+    def __init__(self, index_dir: Path, model_sha256: str):
+        self.path = Path(index_dir) / DEDUP_DIR
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.path)
+        self._lock.acquire()  # one dedup run per index at a time, with a clear message for the second
+        try:
+            self._env = lmdb.open(str(self.path), map_size=_MAP_SIZE, max_dbs=len(_DB_NAMES), readahead=False)
+            with self._env.begin(write=True) as txn:
+                self._dbs = {name.decode(): self._env.open_db(name, txn=txn) for name in _DB_NAMES}
+                version = txn.get(b"format_version", db=self._dbs["meta"])
+                if version is None:
+                    txn.put(b"format_version", str(FORMAT_VERSION).encode(), db=self._dbs["meta"])
+                elif int(version) != FORMAT_VERSION:
+                    raise IndexStoreError(f"{self.path}: dedup data of format {int(version)}, this program reads {FORMAT_VERSION}")
+        except lmdb.Error as error:
+            self.close()
+            raise IndexStoreError(f"cannot open {self.path}: {error}") from None
+        except BaseException:
+            self.close()
+            raise
+        self.model_key = bytes.fromhex(model_sha256[:16])
+
+    def close(self) -> None:
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+            self._env = None
+        self._lock.release()
+
+    def __enter__(self) -> DedupStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, body: Callable[[lmdb.Transaction], None]) -> None:
+        """One write transaction, the map doubled and the body rerun while it does not fit."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    body(txn)
+                return
+            except lmdb.MapFullError:
+                self._env.set_mapsize(2 * self._env.info()["map_size"])
+
+    def _scan(self, db: str) -> Iterator[tuple[bytes, bytes]]:
+        """Entries of this model in `db`, keys without the model prefix."""
+        with self._env.begin(db=self._dbs[db], buffers=False) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(self.model_key):
+                return
+            for key, value in cursor:
+                if not key.startswith(self.model_key):
+                    return
+                yield key[len(self.model_key):], value
+
+    # ---------------------------------------------------------------- pair scores
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored pair of this model: (query ids, database ids, scores)."""
+        keys, scores = bytearray(), bytearray()  # 20 bytes a pair, never a Python object per pair
+        for key, value in self._scan("pairs"):
+            keys += key
+            scores += value
+        ids = np.frombuffer(bytes(keys), dtype=">u8").reshape(-1, 2).astype(np.int64)
+        return ids[:, 0], ids[:, 1], np.frombuffer(bytes(scores), dtype="<f4").astype(np.float32)
+
+    def put_scores(self, items: Iterable[tuple[int, int, float]]) -> None:
+        items = list(items)
+
+        def body(txn: lmdb.Transaction) -> None:
+            for query, database, score in items:
+                key = self.model_key + _id_bytes(query) + _id_bytes(database)
+                txn.put(key, np.float32(score).tobytes(), db=self._dbs["pairs"])
+
+        self._write(body)
+
+    def done_ids(self, candidates: int = 1) -> set[int]:
+        """Videos a complete run has matched with at least this recall depth (a deeper run redoes them)."""
+        return {int.from_bytes(key, "big") for key, value in self._scan("done") if int(value) >= candidates}
+
+    def mark_done(self, ids: Iterable[int], candidates: int) -> None:
+        ids, depth = list(ids), str(int(candidates)).encode()
+        self._write(lambda txn: [txn.put(self.model_key + _id_bytes(i), depth, db=self._dbs["done"]) for i in ids])
+
+    def forget(self, gone: set[int]) -> int:
+        """Drop the scores and progress marks of videos no longer in the index; returns how many entries."""
+        stale_pairs = [k for k, _ in self._scan("pairs")
+                       if int.from_bytes(k[:8], "big") in gone or int.from_bytes(k[8:], "big") in gone]
+        stale_done = [k for k, _ in self._scan("done") if int.from_bytes(k, "big") in gone]
+        if stale_pairs or stale_done:
+            def body(txn: lmdb.Transaction) -> None:
+                for key in stale_pairs:
+                    txn.delete(self.model_key + key, db=self._dbs["pairs"])
+                for key in stale_done:
+                    txn.delete(self.model_key + key, db=self._dbs["done"])
+
+            self._write(body)
+        return len(stale_pairs) + len(stale_done)
+
+    # ---------------------------------------------------------------- decisions
+
+    def add_decisions(self, decisions: Iterable[tuple[str, str, dict]]) -> int:
+        """Record `(fingerprint a, fingerprint b, details)` as "not duplicates"; returns the count."""
+        decisions = list(decisions)
+
+        def body(txn: lmdb.Transaction) -> None:
+            for fp_a, fp_b, details in decisions:
+                txn.put(decision_key(fp_a, fp_b), json.dumps(details).encode(), db=self._dbs["decisions"])
+
+        self._write(body)
+        return len(decisions)
+
+    def decisions(self) -> dict[bytes, dict]:
+        with self._env.begin(db=self._dbs["decisions"]) as txn:
+            return {bytes(key): json.loads(value) for key, value in txn.cursor()}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Member:
+    video_id: int
+    path: str
+    duration_s: float
+    size: int
+    spans: list[tuple[float, float]]  # the audio it shares with the others in its group, seconds, merged
+
+
+@dataclass
+class Link:
+    """A pair that joined a group, with where the shared audio is in each.
+
+    A group of n members lists n - 1 links: the strongest pairs that connect it (a maximum spanning
+    tree, the pairs that merged it when grouping). Locating the shared audio of every pair above the
+    threshold would cost a similarity matrix per pair; this costs one per member.
+    """
+
+    a: str
+    b: str
+    score: float
+    span_a: tuple[float, float]
+    span_b: tuple[float, float]
+
+
+@dataclass
+class Group:
+    number: int
+    score: float  # the strongest pair
+    mean_score: float  # over the links
+    members: list[Member]
+    links: list[Link]
+
+
+@dataclass
+class DedupStats:
+    videos: int = 0
+    focus_videos: int = 0  # videos whose pairs were considered (--since limits them)
+    candidate_pairs: int = 0  # distinct pairs from the recall stage that this run needed
+    pairs_scored: int = 0  # of those, scored now (the others were stored by earlier runs)
+    pairs_stored: int = 0  # all pair scores in the index for this model, after the run
+    kept_apart: int = 0  # pairs above the threshold not joined because of a "not duplicates" decision
+    seconds: float = 0.0
+
+
+@dataclass
+class DedupResult:
+    groups: list[Group]
+    threshold: float
+    candidates: int
+    since: float | None
+    model: str
+    index: str
+    stats: DedupStats = field(default_factory=DedupStats)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def csv_rows(self) -> Iterator[list]:
+        """One row per member: group, group size, group score, path, duration, bytes, shared spans."""
+        yield ["group", "group_size", "group_score", "path", "duration_s", "size_bytes", "shared_spans_s"]
+        for group in self.groups:
+            for member in group.members:
+                spans = ";".join(f"{start:.2f}-{end:.2f}" for start, end in member.spans)
+                yield [group.number, len(group.members), f"{group.score:.4f}", member.path, member.duration_s,
+                       member.size, spans]
+
+
+# --------------------------------------------------------------------------- time filters
+
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since` as a Unix time: an ISO date or date-time (local time unless it says otherwise), or an
+    age such as 30m, 12h, 7d, 2w."""
+    now = time.time() if now is None else now
+    relative = _RELATIVE.match(text)
+    if relative:
+        return now - float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+    try:
+        moment = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(f"--since {text!r}: expected a date (2026-11-30), a date-time or an age (12h, 7d)") from None
+    return moment.timestamp()
+
+
+def indexed_at(record: VideoRecord) -> float:
+    """When a video entered the index; indexes made before that was recorded: its file's mtime."""
+    value = record.extra.get("indexed_at")
+    return float(value) if value is not None else record.mtime_ns / 1e9
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+class ConstrainedUnion:
+    """Union-find that refuses a union putting two videos a user called "not duplicates" together.
+
+    Pairs are offered strongest first, so a refused union leaves each side with its strongest
+    partners; with no decisions this is plain connected components.
+    """
+
+    def __init__(self, apart: dict[int, set[int]]):
+        self.parent: dict[int, int] = {}
+        self.members: dict[int, set[int]] = {}
+        self.apart = apart
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        self.members.setdefault(x, {x})
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> bool:
+        """Join the groups of a and b; False when a decision keeps them apart (or they are joined already)."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        small, large = sorted((ra, rb), key=lambda r: len(self.members[r]))
+        if any(self.apart.get(x, set()) & self.members[large] for x in self.members[small]):
+            return False
+        self.parent[small] = large
+        self.members[large] |= self.members.pop(small)
+        return True
+
+    def groups(self) -> list[set[int]]:
+        return [members for root, members in self.members.items() if self.parent[root] == root and len(members) > 1]
+
+
+def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _canonical(a: np.ndarray, b: np.ndarray, lengths: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair as (query, database): the shorter video is the query, on a tie the lower id."""
+    n_a = np.array([lengths[int(i)] for i in a], np.int64)
+    n_b = np.array([lengths[int(i)] for i in b], np.int64)
+    a_first = (n_a < n_b) | ((n_a == n_b) & (a < b))  # decision.a_is_query, for many pairs at once
+    return np.where(a_first, a, b), np.where(a_first, b, a)
+
+
+def _recall_pairs(engine, ids: np.ndarray, candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(video, candidate) id arrays from the FAISS recall of every video, chunk by chunk, self-matches dropped."""
+    k = min(candidates + 1, len(ids))
+    for start in range(0, len(ids), RECALL_CHUNK):
+        chunk = ids[start:start + RECALL_CHUNK]
+        _, found = engine.global_index.search(engine.store.globals(chunk.tolist()), k)
+        rows = np.repeat(chunk, found.shape[1])
+        found = found.reshape(-1)
+        keep = (found >= 0) & (found != rows)
+        yield rows[keep], found[keep]
+
+
+def pairs_to_score(engine, store: DedupStore, records: dict[int, VideoRecord], focus: set[int], done: set[int],
+                   candidates: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The canonical pairs this run must score: from recall, involving a focus video and a video no
+    complete run has matched yet, and not stored already. Also returns how many such pairs there were."""
+    ids = np.array(sorted(records), np.int64)
+    fresh = np.array(sorted(set(records) - done), np.int64)
+    focus_ids = np.array(sorted(focus), np.int64)
+    if len(ids) < 2 or len(fresh) == 0 or len(focus_ids) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64), 0
+    lengths = {i: r.n_segments for i, r in records.items()}
+    keys = []
+    for a, b in _recall_pairs(engine, ids, candidates):
+        wanted = (np.isin(a, focus_ids) | np.isin(b, focus_ids)) & (np.isin(a, fresh) | np.isin(b, fresh))
+        query, database = _canonical(a[wanted], b[wanted], lengths)
+        keys.append(_pair_id(query, database))
+    keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
+    stored_q, stored_d, _ = store.pairs()
+    needed = len(keys)
+    keys = keys[~np.isin(keys, _pair_id(stored_q, stored_d))]
+    return keys >> 32, keys & 0xFFFFFFFF, needed
+
+
+def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.ndarray,
+                progress: Progress = silent) -> int:
+    """AuSiL scores of the given (query, database) pairs, stored as they come, query by query
+    (`progress`: the `dedup` stage, in pairs).
+
+    Commits every COMMIT_PAIRS scores or COMMIT_SECONDS; an interruption keeps what was committed.
+    Returns the number of pairs scored.
+    """
+    order = np.argsort(queries, kind="stable")
+    queries, databases = queries[order], databases[order]
+    bounds = np.flatnonzero(np.diff(queries)) + 1
+    pending: list[tuple[int, int, float]] = []
+    scored, last_commit = 0, time.monotonic()
+    device = engine.device
+    stage = Stage(progress, "dedup", len(queries))
+    try:
+        for query_rows in np.split(np.arange(len(queries)), bounds) if len(queries) else []:
+            query = int(queries[query_rows[0]])
+            others = databases[query_rows].tolist()
+            with torch.inference_mode():
+                q = torch.from_numpy(engine.store.segments(query)).to(device)
+                matrices = [torch.from_numpy(m).to(device) for m in engine.store.segments_many(others)]
+                scores = engine.model.head.score_many(q, matrices).float().cpu().numpy()
+            pending += [(query, other, float(s)) for other, s in zip(others, scores)]
+            stage.advance(count=len(others))
+            if len(pending) >= COMMIT_PAIRS or time.monotonic() - last_commit > COMMIT_SECONDS:
+                store.put_scores(pending)
+                scored += len(pending)
+                pending, last_commit = [], time.monotonic()
+    finally:
+        store.put_scores(pending)  # also on Ctrl-C: what was scored is kept
+        scored += len(pending)
+    return scored
+
+
+def resolve_decision_path(engine, path: str | Path) -> tuple[str, str]:
+    """(absolute path, content fingerprint) of a file named in a decision: its index record, else the file."""
+    absolute = str(Path(path).absolute())
+    record = engine.store.record_for_path(absolute)
+    if record is not None:
+        return absolute, record.fingerprint
+    if Path(absolute).is_file():
+        return absolute, fingerprint(Path(absolute))
+    raise InputError(f"{path}: not in the index and no such file")
+
+
+def record_not_duplicates(engine, store: DedupStore, pairs: Iterable[tuple[str | Path, str | Path]]) -> int:
+    """Remember that each pair of files is not a duplicate; later runs keep them in separate groups."""
+    decisions = []
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    for a, b in pairs:
+        (path_a, fp_a), (path_b, fp_b) = resolve_decision_path(engine, a), resolve_decision_path(engine, b)
+        if fp_a == fp_b:
+            raise InputError(f"{a} and {b} have the same content: they cannot be kept apart")
+        decisions.append((fp_a, fp_b, {"paths": [path_a, path_b], "decided": stamp}))
+    return store.add_decisions(decisions)
+
+
+def read_decisions_file(path: Path) -> list[tuple[str, str]]:
+    """Pairs from a JSON file: `[[A, B], ...]` or `{"not_duplicates": [[A, B], ...]}`; relative paths
+    are taken relative to the file's folder."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read decisions ({error})") from None
+    items = payload.get("not_duplicates") if isinstance(payload, dict) else payload
+    if not isinstance(items, list) or not all(isinstance(p, list) and len(p) == 2 for p in items):
+        raise InputError(f'{path}: expected [["A", "B"], ...] or {{"not_duplicates": [["A", "B"], ...]}}')
+    base = Path(path).parent
+    return [(str(base / a), str(base / b)) for a, b in items]
+
+
+def _apart_ids(decisions: dict[bytes, dict], records: dict[int, VideoRecord]) -> dict[int, set[int]]:
+    """For each video, the videos a decision keeps it apart from."""
+    by_fingerprint: dict[str, list[int]] = {}
+    for video_id, record in records.items():
+        by_fingerprint.setdefault(record.fingerprint, []).append(video_id)
+    apart: dict[int, set[int]] = {}
+    for key in decisions:
+        fp_a, _, fp_b = key.decode().partition("|")
+        for a in by_fingerprint.get(fp_a, []):
+            for b in by_fingerprint.get(fp_b, []):
+                apart.setdefault(a, set()).add(b)
+                apart.setdefault(b, set()).add(a)
+    return apart
+
+
+def find_duplicate_groups(
+    engine,
+    threshold: float | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    since: float | None = None,
+    not_duplicates: Iterable[tuple[str | Path, str | Path]] = (),
+    progress: Progress = silent,
+) -> DedupResult:
+    """Every group of videos sharing audio in `engine`'s index, biggest and most confident first.
+
+    `threshold`: the match threshold (default: `decision.threshold_for(engine.model)`).
+    `candidates`: recall depth per video. `since` (Unix time): only pairs involving videos indexed
+    since then are considered, and only groups holding such a video are returned.
+    `not_duplicates`: pairs of files to record as not duplicates first (kept in the index).
+    `progress` hears of the `dedup` stage: the pairs scored, of those that need a score.
+    """
+    started = time.perf_counter()
+    threshold = threshold_for(engine.model, threshold)
+    records = {r.id: r for r in engine.store.iter_records()}
+    stats = DedupStats(videos=len(records))
+    with DedupStore(engine.index_dir, engine.model.sha256) as store:
+        not_duplicates = list(not_duplicates)
+        if not_duplicates:
+            record_not_duplicates(engine, store, not_duplicates)
+        focus = {i for i, r in records.items() if since is None or indexed_at(r) >= since}
+        stats.focus_videos = len(focus)
+        done = store.done_ids(candidates)
+        gone = store.done_ids() - set(records)
+        queries, databases, stats.candidate_pairs = pairs_to_score(engine, store, records, focus, done & set(records), candidates)
+        stats.pairs_scored = score_pairs(engine, store, queries, databases, progress)
+        if since is None:
+            store.mark_done(set(records) - done, candidates)
+        pair_q, pair_d, pair_scores = store.pairs()
+        gone |= (set(pair_q.tolist()) | set(pair_d.tolist())) - set(records)
+        if gone:
+            store.forget(gone)
+        decisions = store.decisions()
+    live = np.isin(pair_q, list(records)) & np.isin(pair_d, list(records))
+    stats.pairs_stored = int(live.sum())
+    strong = live & (pair_scores >= threshold)
+    edges = sorted(zip(pair_scores[strong].tolist(), pair_q[strong].tolist(), pair_d[strong].tolist()), reverse=True)
+    union = ConstrainedUnion(_apart_ids(decisions, records))
+    joining = []
+    for score, a, b in edges:
+        if union.union(a, b):
+            joining.append((score, a, b))
+        elif union.find(a) != union.find(b):
+            stats.kept_apart += 1
+    groups = [g for g in union.groups() if since is None or g & focus]
+    result = DedupResult(groups=_describe(engine, records, groups, joining, union), threshold=threshold,
+                         candidates=candidates, since=since, model=engine.model.identity, index=str(engine.index_dir.absolute()),
+                         stats=stats)
+    stats.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _describe(engine, records: dict[int, VideoRecord], groups: list[set[int]], joining: list[tuple[float, int, int]],
+              union: ConstrainedUnion) -> list[Group]:
+    """Members, links and shared spans of each group (from the pairs that joined it), the biggest and
+    most confident first."""
+    device, head, frontend = engine.device, engine.model.head, engine.model.frontend
+    by_root: dict[int, list[tuple[float, int, int]]] = {}
+    for score, a, b in joining:
+        by_root.setdefault(union.find(a), []).append((score, a, b))
+    described = []
+    for members in groups:
+        links: list[Link] = []
+        spans: dict[int, list] = {i: [] for i in members}
+        for score, a, b in by_root[union.find(next(iter(members)))]:
+            seg_a, seg_b = (torch.from_numpy(m).to(device) for m in engine.store.segments_many([a, b]))
+            span_a, span_b = shared_spans(head, seg_a, seg_b, records[a].duration_s, records[b].duration_s, frontend)
+            spans[a].append(span_a)
+            spans[b].append(span_b)
+            links.append(Link(records[a].path, records[b].path, round(score, 4), span_a, span_b))
+        scores = [link.score for link in links]
+        ordered = sorted(members, key=lambda i: records[i].path)
+        described.append(Group(
+            number=0, score=max(scores), mean_score=round(float(np.mean(scores)), 4),
+            members=[Member(i, records[i].path, round(records[i].duration_s, 3), records[i].size, _merge(spans[i]))
+                     for i in ordered],
+            links=links,
+        ))
+    described.sort(key=lambda g: (-len(g.members), -g.mean_score, g.members[0].path))
+    for number, group in enumerate(described, 1):
+        group.number = number
+    return described
+
+
+__all__ = ["DEDUP_DIR", "DEFAULT_CANDIDATES", "ConstrainedUnion", "DedupResult", "DedupStats", "DedupStore", "Group",
+           "Link", "Member", "find_duplicate_groups", "parse_since", "read_decisions_file", "record_not_duplicates"]
