@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -231,6 +232,61 @@ def test_reader_follows_a_map_grown_by_another_process(tmp_path: Path) -> None:
         assert int(out) > 8 * 300 * 2528 * 2
         assert len(reader) == 9
         assert np.allclose(reader.segments(reader.id_for_path("/v/8")), 0.8, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+
+
+def test_concurrent_readers_survive_the_writer_growing_the_map(tmp_path: Path) -> None:
+    """Threads of one process reading while another process doubles the map again and again: adopting
+    the new size must wait for the other threads' transactions (LMDB's rule for set_mapsize). Without
+    that the readers' process dies of a segmentation fault, so it runs apart from pytest."""
+    path = tmp_path / "store"
+    with SegmentStore(path, map_size=1 << 16) as store:
+        store.add_videos([make_video("/v/first", 50, 0, 2528, 8)])
+    readers = run_python(
+        f"""
+        import json, subprocess, sys, threading
+        import numpy as np
+        from ausil_search.stores import SegmentStore
+        with SegmentStore({str(path)!r}, readonly=True, map_size=1 << 16) as reader:
+            expected = reader.segments(reader.id_for_path("/v/first"))
+            writer = subprocess.Popen([sys.executable, "-c", sys.stdin.read()])
+            errors, reads = [], [0] * 4
+            def read(slot):
+                try:
+                    while writer.poll() is None:
+                        for matrix in reader.segments_many([reader.id_for_path("/v/first")] * 8):
+                            assert np.array_equal(matrix, expected)
+                        len(reader)
+                        reads[slot] += 1
+                except BaseException as error:
+                    errors.append(repr(error))
+            threads = [threading.Thread(target=read, args=(slot,)) for slot in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            print(json.dumps({{"writer": writer.returncode, "fewest_reads": min(reads), "videos": len(reader),
+                              "errors": errors[:3], "last": float(reader.segments(reader.id_for_path("/v/40"))[0, 0])}}))
+        """,
+        stdin=subprocess.PIPE,
+    )
+    out, err = readers.communicate(
+        textwrap.dedent(
+            f"""
+            import numpy as np
+            from ausil_search.stores import SegmentStore, VideoFile
+            with SegmentStore({str(path)!r}, map_size=1 << 16) as store:
+                for i in range(1, 41):
+                    video = VideoFile(path=f"/v/{{i}}", size=1, mtime_ns=1, fingerprint="x", duration_s=1.0)
+                    store.add_videos([(video, np.full((300, 2528), i / 100, np.float32), np.ones(8))])
+            """
+        ),
+        timeout=180,
+    )
+    assert readers.returncode == 0, err[-2000:]
+    result = json.loads(out)
+    assert (result["writer"], result["videos"], result["errors"]) == (0, 41, []), result
+    assert result["fewest_reads"] > 0
+    assert abs(result["last"] - 0.4) < 1e-3
 
 
 def test_second_writer_is_refused_while_readers_read(tmp_path: Path) -> None:

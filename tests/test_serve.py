@@ -392,3 +392,98 @@ def test_video_listing_and_removal(client, tree):
     assert client.get(f"/videos/{target['id']}").status_code == 404
     answer = client.post("/query", json={"path": str(tree["root"] / "queries" / "copy-new0.mp3"), "top_k": 50}).json()
     assert target["id"] not in [m["video_id"] for m in answer["matches"]]
+
+
+# --------------------------------------------------------------------------- compare and dedup
+
+
+def video_id(client, name: str) -> int:
+    videos = client.get("/videos", params={"limit": 1000}).json()["videos"]
+    return next(v["id"] for v in videos if Path(v["path"]).name == name)
+
+
+def test_compare_uploads_ids_and_paths(service, client, tree, model_path):
+    copy, original = tree["root"] / "queries" / "copy-db1.mp3", tree["root"] / "db" / "original1.ogg"
+    cli_run = subprocess.run([sys.executable, "-m", "ausil_search", "compare", str(copy), str(original), "--model",
+                              str(model_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert cli_run.returncode == 0, cli_run.stderr
+    expected = json.loads(cli_run.stdout)
+    with open(copy, "rb") as a, open(original, "rb") as b:
+        response = client.post("/compare", files={"a": ("copy.mp3", a), "b": ("original.ogg", b)})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == set(expected) and (answer["a"], answer["b"]) == ("copy.mp3", "original.ogg")
+    assert answer["score"] == pytest.approx(expected["score"], abs=1e-4)
+    assert answer["span_a"] == expected["span_a"] and answer["span_b"] == expected["span_b"]
+    assert answer["occurrences"] == expected["occurrences"] and len(answer["occurrences"]) >= 1
+    assert upload_dirs(service) == []
+    # the same pair with the original as its indexed video (stored segments), and then against an unrelated one
+    original_id, unrelated_id = video_id(client, "original1.ogg"), video_id(client, "original0.ogg")
+    with open(copy, "rb") as a:
+        by_id = client.post("/compare", data={"b_id": str(original_id)}, files={"a": ("copy.mp3", a)}).json()
+    assert by_id["b"] == str(original) and by_id["score"] == pytest.approx(answer["score"], abs=0.01)
+    unrelated = client.post("/compare", json={"a": {"path": str(copy)}, "b": {"id": unrelated_id}}).json()
+    assert unrelated["score"] < by_id["score"]
+    threshold = (unrelated["score"] + by_id["score"]) / 2
+    decided = [client.post("/compare", json={"a": {"path": str(copy)}, "b": {"id": other}, "min_score": threshold}).json()
+               for other in (original_id, unrelated_id)]
+    assert [d["duplicate"] for d in decided] == [True, False] and decided[0]["threshold"] == threshold
+    itself = client.post("/compare", json={"a": {"id": original_id}, "b": {"id": original_id}}).json()
+    assert itself["score"] >= by_id["score"] and itself["span_a"] == itself["span_b"]
+
+
+def test_compare_bad_requests(service, client, tree):
+    copy = str(tree["root"] / "queries" / "copy-db1.mp3")
+    cases = [
+        ({"json": {"a": {"path": copy}, "b": {"id": 10**9}}}, 404),
+        ({"json": {"a": {"path": copy}, "b": {"id": 1, "path": copy}}}, 422),
+        ({"json": {"a": {"path": copy}}}, 422),
+        ({"json": {"a": {"path": copy}, "b": {"path": str(tree["outside"] / "secret.ogg")}}}, 403),
+        ({"files": {"a": ("x.mp3", b"0" * 100)}}, 400),  # no b at all
+        ({"data": {"a_id": "1", "b_id": "x"}}, 422),
+        ({"files": {"a": ("clip.mp4", np.random.default_rng(2).bytes(20_000))}, "data": {"b_id": "1"}}, 415),
+    ]
+    for request, status in cases:
+        if "data" in request and "files" not in request:  # a form without files still goes as multipart
+            request = {**request, "files": {"unused": ("", b"")}}
+        response = client.post("/compare", **request)
+        assert response.status_code == status, (request.get("json"), response.text)
+        assert "error" in response.json()
+    assert upload_dirs(service) == []
+    alive(client)
+
+
+def test_dedup_in_the_background_matches_the_cli(service, client, tree):
+    job_id = client.post("/index", json={"paths": [str(tree["root"] / "queries"), str(tree["root"] / "cli")]}).json()["id"]
+    assert wait_job(client, job_id)["state"] == "done"
+    ids = {name: video_id(client, name) for name in ("copy-db1.mp3", "original1.ogg", "copy-cli0.mp3", "by-cli0.ogg")}
+    pairs = [client.post("/compare", json={"a": {"id": ids[a]}, "b": {"id": ids[b]}}).json()["score"]
+             for a, b in (("copy-db1.mp3", "original1.ogg"), ("copy-cli0.mp3", "by-cli0.ogg"))]
+    threshold = round(min(pairs) - 0.005, 4)
+    first = client.get("/dedup", params={"min_score": threshold})
+    assert first.status_code == 202 and first.json()["status"] == "running"  # answered at once, computed aside
+    assert client.get("/dedup", params={"min_score": threshold - 0.1}).status_code in (200, 409)  # one run at a time
+    alive(client)
+    deadline = time.monotonic() + 300
+    while (response := client.get("/dedup", params={"min_score": threshold})).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    groups = [{Path(m["path"]).name for m in g["members"]} for g in answer["groups"]]
+    assert any({"copy-db1.mp3", "original1.ogg"} <= g for g in groups)
+    assert any({"copy-cli0.mp3", "by-cli0.ogg"} <= g for g in groups)
+    assert answer["total_groups"] == len(groups) and answer["stats"]["pairs_scored"] > 0
+    # the CLI on the same index finds the server's scores stored and gives the same groups
+    cli_run = subprocess.run([sys.executable, "-m", "ausil_search", "dedup", "--index", str(service["index"]),
+                              "--min-score", str(threshold), "--json"], capture_output=True, text=True, timeout=300)
+    assert cli_run.returncode == 0, cli_run.stderr
+    expected = json.loads(cli_run.stdout)
+    assert expected["stats"]["pairs_scored"] == 0
+    assert answer["groups"] == expected["groups"]
+    # paging, and a finished result is served again without a new run
+    page = client.get("/dedup", params={"min_score": threshold, "offset": 1, "limit": 1}).json()
+    assert page["groups"] == expected["groups"][1:2] and page["total_groups"] == len(groups)
+    assert client.get("/dedup", params={"since": "yesterday"}).status_code == 400
+    assert client.get("/dedup", params={"limit": 0}).status_code == 422
+    alive(client)

@@ -89,16 +89,20 @@ class VideoComparator(nn.Module):
         self.fconv = nn.Conv2d(128, 1, 1)
 
     def forward(self, sim: Tensor, widths: Tensor | None = None, clip: bool = True,
-                heights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                heights: Tensor | None = None, channels_last: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(B, H, W) similarity matrices -> ((B, H', W') maps, (B,) valid widths, (B,) valid heights).
 
         `widths` (`heights`) are the true widths (heights) of items padded at the right (bottom),
         whose padding must replicate their last real column (row); map cells past an item's
         returned width or height are meaningless. Without `heights` every row is real.
+        `channels_last` runs the convolutions in that memory layout: on CPU the oneDNN kernels are
+        faster with it, and the results equal the default layout's to float32 rounding.
         """
         if widths is None:
             widths = torch.full((sim.shape[0],), sim.shape[-1], device=sim.device)
         x = sim.unsqueeze(1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for conv in (self.conv1, self.conv2):
             x = F.max_pool2d(F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))), 2)
             widths = widths // 2
@@ -239,7 +243,7 @@ class AuSiLHead(nn.Module):
         index = offsets[:, None] + torch.minimum(columns[None, :], widths[:, None] - 1)
         sim = (q @ torch.cat(candidates).T)[:, index].permute(1, 0, 2)
         if self.use_comparator:
-            sim, widths, _ = self.comparator(sim, widths)
+            sim, widths, _ = self.comparator(sim, widths, channels_last=q.device.type == "cpu")
         return masked_chamfer(sim, widths)
 
     def compare_pairs(self, queries: Sequence[Tensor], databases: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

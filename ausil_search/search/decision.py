@@ -69,7 +69,7 @@ def shared_spans(head: AuSiLHead, a: torch.Tensor, b: torch.Tensor, duration_a: 
 
 @dataclass
 class Comparison:
-    """The answer for one pair of files."""
+    """The answer for one pair of files (or indexed videos)."""
 
     a: str
     b: str
@@ -81,6 +81,8 @@ class Comparison:
     span_a: tuple[float, float]
     span_b: tuple[float, float]
     model: str
+    # every place the shorter one occurs in the longer one (as `query` lists them): (span in a, span in b, similarity)
+    occurrences: list[tuple[tuple[float, float], tuple[float, float], float]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,6 +93,28 @@ def compare_embedded(head: AuSiLHead, a: torch.Tensor, b: torch.Tensor) -> float
     query, database = (a, b) if a_is_query(len(a), len(b)) else (b, a)
     with torch.inference_mode():
         return float(head.score(query, database))
+
+
+def compare_videos(model: AuSiLModel, a: torch.Tensor, b: torch.Tensor, duration_a: float, duration_b: float,
+                   name_a: str, name_b: str, threshold: float | None = None) -> Comparison:
+    """The comparison of two embedded videos (segments from `head.embed` or from an index's store)."""
+    head, frontend = model.head, model.frontend
+    score = compare_embedded(head, a, b)
+    limit = threshold_for(model, threshold)
+    span_a, span_b = shared_spans(head, a, b, duration_a, duration_b, frontend)
+    a_first = a_is_query(len(a), len(b))
+    (query, query_s), (database, database_s) = ((a, duration_a), (b, duration_b))[::1 if a_first else -1]
+    with torch.inference_mode():
+        found = head.occurrences(query, database)
+    occurrences = []
+    for rows, columns, similarity in found:
+        in_query = segments_span_seconds(rows, len(query), query_s, frontend)
+        in_database = segments_span_seconds(columns, len(database), database_s, frontend)
+        pair = (in_query, in_database) if a_first else (in_database, in_query)
+        occurrences.append((*pair, round(similarity, 4)))
+    return Comparison(a=name_a, b=name_b, duration_a=round(duration_a, 3), duration_b=round(duration_b, 3),
+                      score=round(score, 4), threshold=limit, duplicate=score >= limit, span_a=span_a, span_b=span_b,
+                      model=model.identity, occurrences=occurrences)
 
 
 def compare_files(model: AuSiLModel, a: Path, b: Path, threshold: float | None = None,
@@ -104,12 +128,7 @@ def compare_files(model: AuSiLModel, a: Path, b: Path, threshold: float | None =
         with torch.inference_mode():
             embedded.append(head.embed(torch.from_numpy(video.descriptors).to(extractor.device)))
         durations.append(video.duration_s)
-    score = compare_embedded(head, *embedded)
-    limit = threshold_for(model, threshold)
-    span_a, span_b = shared_spans(head, embedded[0], embedded[1], durations[0], durations[1], model.frontend)
-    return Comparison(a=str(a), b=str(b), duration_a=round(durations[0], 3), duration_b=round(durations[1], 3),
-                      score=round(score, 4), threshold=limit, duplicate=score >= limit, span_a=span_a, span_b=span_b,
-                      model=model.identity)
+    return compare_videos(model, embedded[0], embedded[1], durations[0], durations[1], str(a), str(b), threshold)
 
 
 def apply_min_score(result, min_score: float | None):
@@ -127,4 +146,4 @@ def no_match_message(min_score: float) -> str:
 
 
 __all__ = ["DEFAULT_MATCH_THRESHOLD", "THRESHOLD_METADATA_KEY", "Comparison", "a_is_query", "apply_min_score",
-           "compare_embedded", "compare_files", "no_match_message", "shared_spans", "threshold_for"]
+           "compare_embedded", "compare_files", "compare_videos", "no_match_message", "shared_spans", "threshold_for"]

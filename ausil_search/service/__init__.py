@@ -5,6 +5,7 @@
 - `search`: the warm read-only engine shared by concurrent queries, kept in step with the writers;
 - `writer`: index jobs and removals, each in a child process that takes the index's writer lock;
 - `uploads`: multipart uploads streamed to a private directory under a size limit;
+- `dedup_runs`: `GET /dedup`'s background runs (one at a time) and their results, kept until the index changes;
 - `app`: the FastAPI application and the uvicorn runner.
 
 FastAPI, uvicorn and python-multipart are the `serve` extra: `pip install 'ausil-search[serve]'`.

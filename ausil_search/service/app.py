@@ -24,13 +24,15 @@ import uvicorn
 from fastapi import Body, FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import AusilError, InputError
+from ..search.dedup import DEFAULT_CANDIDATES, parse_since
+from ..errors import AusilError, IndexStoreError, InputError
 from .config import PathRefused, Roots, ServiceConfig
-from .search import WarmSearch
+from .dedup_runs import DedupBusy, DedupParams, DedupRuns
+from .search import ComparedVideo, WarmSearch
 from .uploads import UploadError, receive_upload
 from .writer import IndexWriter, WriterBusy
 
@@ -81,6 +83,35 @@ def _path_query_schema() -> dict:
 class IndexRequest(BaseModel):
     paths: list[str] = Field(min_length=1, max_length=10_000,
                              description="Files or directories under the server's --root directories.")
+
+
+class CompareSide(BaseModel):
+    """One video of a comparison: an indexed one (`id`) or a file under a --root (`path`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int | None = Field(None, ge=1, le=2**63 - 1)
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CompareSide:
+        if (self.id is None) == (self.path is None):
+            raise ValueError("give either `id` or `path`")
+        return self
+
+
+class CompareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: CompareSide
+    b: CompareSide
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Match threshold (default: the calibrated one).")
+
+
+class CompareForm(BaseModel):
+    """The form fields of a multipart `POST /compare` (files go as `a` and `b`)."""
+
+    a_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    b_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
 
 
 class BearerAuth:
@@ -147,6 +178,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
     roots = Roots(config.roots)
     writer = IndexWriter(search.engine.index_dir, search.model_path, roots.directories, config.index_workers,
                          config.device, on_commit=search.refresh)
+    dedup_runs = DedupRuns(search)
     state: dict = {}
 
     @asynccontextmanager
@@ -154,6 +186,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
         state["queries"] = anyio.CapacityLimiter(config.query_threads)
         yield
         await anyio.to_thread.run_sync(writer.close)
+        await anyio.to_thread.run_sync(dedup_runs.close)
         search.close()
 
     app = FastAPI(title="ausil-search", summary="Find indexed videos that share audio with a query.",
@@ -188,6 +221,19 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
         if must_be_file and not path.is_file():
             raise ServiceError(400, f"{text}: not a file")
         return path
+
+    @asynccontextmanager
+    async def upload_dir():
+        """A private directory (mode 0700) for one request's uploads, removed when it ends, whatever happened."""
+        directory = Path(tempfile.mkdtemp(prefix="ausil-upload-", dir=config.upload_dir))
+        try:
+            yield directory
+        except UploadError as exc:
+            raise ServiceError(exc.status, str(exc)) from None
+        except ClientDisconnect:
+            raise ServiceError(400, "the client went away during the upload") from None
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def run_query(path: Path, options: QueryOptions, label: str) -> dict:
         try:
@@ -225,17 +271,95 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
             options = options.updated(body.model_extra or {})
             path = server_path(body.path, must_be_file=True)
             return await run_query(path, options, str(path))
-        directory = Path(tempfile.mkdtemp(prefix="ausil-upload-", dir=config.upload_dir))  # mode 0700
-        try:
+        async with upload_dir() as directory:
             upload = await receive_upload(request, directory, config.max_upload_bytes)
             options = options.updated(upload.fields)
             return await run_query(upload.path, options, upload.filename)
-        except UploadError as exc:
-            raise ServiceError(exc.status, str(exc)) from None
-        except ClientDisconnect:
-            raise ServiceError(400, "the client went away during the upload") from None
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+
+    def load_side(side: Path | int, label: str) -> ComparedVideo:
+        """An uploaded or served file (Path) or an indexed video (int), embedded; 404/415 when unusable."""
+        if isinstance(side, int):
+            video = search.embedded_video(side)
+            if video is None:
+                raise ServiceError(404, f"no video {side}")
+            return video
+        try:
+            return search.embedded_file(side, label)
+        except InputError as exc:
+            raise ServiceError(415, str(exc).replace(str(side), label)) from None
+
+    async def run_compare(sides: list[tuple[Path | int, str]], min_score: float | None) -> dict:
+        def work() -> dict:
+            a, b = (load_side(side, label) for side, label in sides)
+            return search.compare(a, b, min_score).to_dict()
+
+        return await anyio.to_thread.run_sync(work, limiter=state["queries"])
+
+    @app.post(
+        "/compare",
+        summary="Do two videos share audio? Two uploads (multipart fields `a`, `b`; or `a_id`/`b_id` for indexed "
+                "videos) or JSON `{\"a\": {\"id\"|\"path\": ...}, \"b\": ...}`: score, decision, shared spans "
+                "(as `ausil-search compare --json`).",
+        openapi_extra={"requestBody": {"content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "a": {"type": "string", "format": "binary"}, "b": {"type": "string", "format": "binary"},
+                "a_id": {"type": "integer"}, "b_id": {"type": "integer"}, "min_score": {"type": "number"}}}},
+            "application/json": {"schema": CompareRequest.model_json_schema()},
+        }}},
+    )
+    async def compare(request: Request):
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = CompareRequest.model_validate_json(await request.body())
+            except ValidationError as exc:
+                raise ServiceError(422, _validation_message(exc.errors())) from None
+            sides = []
+            for side in (body.a, body.b):
+                path = None if side.path is None else server_path(side.path, must_be_file=True)
+                sides.append((side.id, str(side.id)) if path is None else (path, str(path)))
+            return await run_compare(sides, body.min_score)
+        async with upload_dir() as directory:
+            upload = await receive_upload(request, directory, config.max_upload_bytes, ("a", "b"), require_file=False)
+            extra = set(upload.fields) - {"a_id", "b_id", "min_score"}
+            if extra:
+                raise ServiceError(422, f"unknown form fields: {', '.join(sorted(extra))}")
+            try:
+                form = CompareForm.model_validate(upload.fields)
+            except ValidationError as exc:
+                raise ServiceError(422, _validation_message(exc.errors())) from None
+            sides = []
+            for name, video_id in (("a", form.a_id), ("b", form.b_id)):
+                if (name in upload.files) == (video_id is not None):
+                    raise ServiceError(400, f"send either a file `{name}` or a field `{name}_id`")
+                file = upload.files.get(name)
+                sides.append((file.path, file.filename) if file else (video_id, str(video_id)))
+            return await run_compare(sides, form.min_score)
+
+    @app.get("/dedup", summary="Duplicate groups over the index (as `ausil-search dedup --json`), a page at a time; "
+                               "202 with progress while they are being computed.")
+    async def dedup(min_score: float | None = Query(None, ge=-1.0, le=1.0),
+                    candidates: int = Query(DEFAULT_CANDIDATES, ge=1, le=1000),
+                    since: str | None = Query(None, description="Only groups with videos indexed since: 2026-11-30, 12h, 7d."),
+                    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)):
+        try:
+            if since is not None:
+                parse_since(since)
+        except InputError as exc:
+            raise ServiceError(400, str(exc).replace("--since", "since")) from None
+        try:
+            run = await anyio.to_thread.run_sync(dedup_runs.get, DedupParams(min_score, candidates, since))
+        except DedupBusy as exc:
+            raise ServiceError(409, str(exc)) from None
+        if run.state == "running":
+            return JSONResponse(run.progress(), status_code=202, headers={"Retry-After": "2"})
+        if run.state == "failed":
+            raise ServiceError(409 if run.conflict else 500, f"dedup failed: {run.error}")
+        result = run.result
+        page = result.groups[offset:offset + limit]
+        return {"status": "done", "threshold": result.threshold, "candidates": result.candidates, "since": result.since,
+                "model": result.model, "index": result.index, "stats": asdict(result.stats),
+                "total_groups": len(result.groups), "offset": offset, "limit": limit,
+                "groups": [asdict(group) for group in page]}
 
     @app.post("/index", status_code=202, summary="Index files or directories under the --root directories, in the background.")
     async def start_index(request: IndexRequest = Body()):

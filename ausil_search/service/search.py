@@ -16,13 +16,24 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..features.backbone import DESCRIPTOR_DIM
+from ..search.decision import Comparison, compare_videos
 from ..search.engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
 from ..errors import AusilError
 from ..search.stores import GlobalIndex, VideoRecord
 
 QUERY_ATTEMPTS = 3
+
+
+@dataclasses.dataclass
+class ComparedVideo:
+    """One side of a `compare`: embedded segments, duration, and the name the answer shows."""
+
+    segments: torch.Tensor
+    duration_s: float
+    name: str
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -80,6 +91,29 @@ class WarmSearch:
         if label is not None:
             result = dataclasses.replace(result, query=label)
         return result
+
+    def index_stamp(self) -> tuple:
+        """What changes whenever a writer commits (the store's and the FAISS file's mtime and size)."""
+        return self._stamps()
+
+    def embedded_file(self, path: Path, label: str) -> ComparedVideo:
+        """A media file's embedded segments, for `compare`; InputError for unusable media."""
+        engine = self.engine
+        video = engine.extractor().descriptors(path)
+        return ComparedVideo(engine.embed(video.descriptors), video.duration_s, label)
+
+    def embedded_video(self, video_id: int) -> ComparedVideo | None:
+        """An indexed video's stored segments, for `compare`; None when there is no such id."""
+        try:
+            record = self.engine.store.get(video_id)
+            segments = self.engine.store.segments(video_id)
+        except KeyError:
+            return None
+        return ComparedVideo(torch.from_numpy(segments).to(self.engine.device), record.duration_s, record.path)
+
+    def compare(self, a: ComparedVideo, b: ComparedVideo, threshold: float | None) -> Comparison:
+        return compare_videos(self.engine.model, a.segments, b.segments, a.duration_s, b.duration_s, a.name, b.name,
+                              threshold)
 
     def info(self) -> dict:
         self.refresh()

@@ -35,18 +35,31 @@ class UploadError(Exception):
 
 
 @dataclass
+class UploadedFile:
+    path: Path  # where the part was written
+    filename: str  # the client's name for it, only for display
+
+
+@dataclass
 class Upload:
-    path: Path | None = None  # where the `file` part was written
-    filename: str = "upload"  # the client's name for it, only for display
-    size: int = 0
+    files: dict[str, UploadedFile] = field(default_factory=dict)  # by form field name
+    size: int = 0  # of all files together
     fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.files[FILE_FIELD].path
+
+    @property
+    def filename(self) -> str:
+        return self.files[FILE_FIELD].filename
 
 
 class _PartCollector:
-    """python-multipart callbacks: headers per part, the `file` part to disk, short fields to memory."""
+    """python-multipart callbacks: headers per part, file parts to disk, short fields to memory."""
 
-    def __init__(self, directory: Path, limit: int) -> None:
-        self.directory, self.limit = directory, limit
+    def __init__(self, directory: Path, limit: int, file_fields: tuple[str, ...]) -> None:
+        self.directory, self.limit, self.file_fields = directory, limit, file_fields
         self.upload = Upload()
         self.too_large = False
         self.parts = 0
@@ -54,6 +67,7 @@ class _PartCollector:
         self._headers: dict[bytes, bytes] = {}
         self._name: str | None = None
         self._handle = None
+        self._file: UploadedFile | None = None
         self._value = bytearray()
 
     def callbacks(self) -> dict:
@@ -83,14 +97,14 @@ class _PartCollector:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == FILE_FIELD:
-            if self.upload.path is not None:
-                raise UploadError(400, f"send one `{FILE_FIELD}` field, not several")
+        if self._name in self.file_fields:
+            if self._name in self.upload.files:
+                raise UploadError(400, f"send one `{self._name}` field, not several")
             filename = Path(options.get(b"filename", b"upload").decode("utf-8", "replace")).name or "upload"
             suffix = Path(filename).suffix
-            self.upload.filename = filename
-            self.upload.path = self.directory / ("upload" + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
-            fd = os.open(self.upload.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = self.upload.files[self._name] = UploadedFile(
+                self.directory / (self._name + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else "")), filename)
+            fd = os.open(self._file.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._handle = os.fdopen(fd, "wb")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -101,10 +115,10 @@ class _PartCollector:
                 self.too_large = True
                 self._handle.close()
                 self._handle = None
-                self.upload.path.unlink(missing_ok=True)
+                self._file.path.unlink(missing_ok=True)
             else:
                 self._handle.write(data[start:end])
-        elif self._name != FILE_FIELD:
+        elif self._name not in self.file_fields:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
                 raise UploadError(400, f"form field {self._name!r} is too long")
@@ -113,7 +127,7 @@ class _PartCollector:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        elif self._name and self._name != FILE_FIELD:
+        elif self._name and self._name not in self.file_fields:
             self.upload.fields[self._name] = self._value.decode("utf-8", "replace")
 
     def close(self) -> None:
@@ -121,17 +135,22 @@ class _PartCollector:
             self._handle.close()
 
 
-async def receive_upload(request: Request, directory: Path, limit: int) -> Upload:
-    """Parse a multipart/form-data body into `directory`; UploadError (400/413) for a bad or oversized one."""
+async def receive_upload(request: Request, directory: Path, limit: int, file_fields: tuple[str, ...] = (FILE_FIELD,),
+                         require_file: bool = True) -> Upload:
+    """Parse a multipart/form-data body into `directory`; UploadError (400/413) for a bad or oversized one.
+
+    `file_fields`: the form fields that carry files (`limit` bounds them together); with `require_file`,
+    a form without the first of them is refused.
+    """
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise UploadError(415, "send multipart/form-data with a `file` field")
+        raise UploadError(415, f"send multipart/form-data with a `{file_fields[0]}` field")
     refusal = f"upload larger than this server's limit of {limit / 2**20:g} MiB (--max-upload-mb)"
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + ENVELOPE_SLACK:
         raise UploadError(413, refusal)
-    collector = _PartCollector(directory, limit)
+    collector = _PartCollector(directory, limit, file_fields)
     parser = MultipartParser(boundary, collector.callbacks())
     drained = 0
     try:
@@ -150,6 +169,6 @@ async def receive_upload(request: Request, directory: Path, limit: int) -> Uploa
         collector.close()
     if collector.too_large:
         raise UploadError(413, refusal)
-    if collector.upload.path is None:
-        raise UploadError(400, f"no `{FILE_FIELD}` field in the form")
+    if require_file and file_fields[0] not in collector.upload.files:
+        raise UploadError(400, f"no `{file_fields[0]}` field in the form")
     return collector.upload

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ausil_search.errors import IndexStoreError
@@ -61,3 +64,52 @@ class WriterLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+class MapGuard:
+    """Shared/exclusive lock over one process's LMDB memory map.
+
+    LMDB allows `mdb_env_set_mapsize` (growing the map, or adopting one another process grew) only
+    while no transaction of this process is active, and does not check; py-lmdb invalidates every
+    open transaction when it happens, so a reader thread would fail mid-read. Transactions hold the
+    guard shared, a remap holds it exclusive; a waiting remap keeps new transactions out so that a
+    steady stream of readers cannot starve it. A thread already holding it shared may take it
+    again (a read inside a write body) without waiting.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._active = 0
+        self._remapping = False
+        self._waiting_remaps = 0
+        self._held = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._held, "depth", 0)
+        with self._condition:
+            if depth == 0:
+                self._condition.wait_for(lambda: not self._remapping and not self._waiting_remaps)
+            self._active += 1
+        self._held.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._held.depth = depth
+            with self._condition:
+                self._active -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._waiting_remaps += 1
+            self._condition.wait_for(lambda: not self._remapping and self._active == 0)
+            self._waiting_remaps -= 1
+            self._remapping = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._remapping = False
+                self._condition.notify_all()

@@ -27,6 +27,7 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 
 from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
-from ausil_search.search.stores.lock import WriterLock
+from ausil_search.search.stores.lock import MapGuard, WriterLock
 
 FORMAT_VERSION = 1
 SEGMENT_DTYPES = ("float16", "float32")
@@ -159,6 +160,7 @@ class SegmentStore:
         self.path = Path(path)
         self.readonly = readonly
         self._lock: WriterLock | None = None
+        self._map_guard = MapGuard()
         if dtype is not None and dtype not in SEGMENT_DTYPES:
             raise ValueError(f"segment dtype must be one of {SEGMENT_DTYPES}, not {dtype!r}")
         if readonly:
@@ -247,13 +249,25 @@ class SegmentStore:
 
     # ---------------------------------------------------------------- transactions
 
-    def _read_txn(self) -> lmdb.Transaction:
-        """A read transaction; adopts a map that another process (the writer) has grown meanwhile."""
-        try:
-            return self._env.begin(buffers=True)
-        except lmdb.MapResizedError:
-            self._env.set_mapsize(0)
-            return self._env.begin(buffers=True)
+    @contextmanager
+    def _read_txn(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; adopts a map that another process (the writer) has grown meanwhile,
+        once no other thread of this process is inside a transaction (`MapGuard`)."""
+        while True:
+            with self._map_guard.shared():
+                try:
+                    txn = self._env.begin(buffers=True)
+                except lmdb.MapResizedError:
+                    txn = None
+                if txn is not None:
+                    with txn:
+                        yield txn
+                    return
+            with self._map_guard.exclusive():
+                try:
+                    self._env.begin(buffers=True).abort()  # another thread may have adopted it already
+                except lmdb.MapResizedError:
+                    self._env.set_mapsize(0)
 
     def _write(self, body: Callable[[lmdb.Transaction], Any]) -> Any:
         """Run `body` in one write transaction, doubling the map and retrying while it is full.
@@ -263,20 +277,22 @@ class SegmentStore:
         if self.readonly:
             raise IndexStoreError(f"segment store {self.path} is open read-only")
         while True:
-            txn = self._env.begin(write=True)
-            try:
-                result = body(txn)
-                txn.commit()
-                return result
-            except lmdb.MapFullError:
-                txn.abort()
+            with self._map_guard.shared():
+                txn = self._env.begin(write=True)
+                try:
+                    result = body(txn)
+                    txn.commit()
+                    return result
+                except lmdb.MapFullError:
+                    txn.abort()
+                except lmdb.Error as error:
+                    txn.abort()
+                    raise IndexStoreError(self._write_failure_message(error)) from None
+                except BaseException:
+                    txn.abort()
+                    raise
+            with self._map_guard.exclusive():
                 self._env.set_mapsize(2 * self._env.info()["map_size"])
-            except lmdb.Error as error:
-                txn.abort()
-                raise IndexStoreError(self._write_failure_message(error)) from None
-            except BaseException:
-                txn.abort()
-                raise
 
     def _write_failure_message(self, error: lmdb.Error) -> str:
         return (
