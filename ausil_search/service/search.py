@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbone import DESCRIPTOR_DIM
-from ..engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
+from ..engine import SEGMENTS_DIR, QueryResult, SearchEngine
 from ..errors import AusilError
-from ..stores import GlobalIndex, VideoRecord
+from ..stores import VideoRecord
 
 QUERY_ATTEMPTS = 3
 
@@ -38,7 +37,7 @@ class WarmSearch:
 
     def __init__(self, index_dir: Path, model: str | None = None, device: str | None = None) -> None:
         self.engine = SearchEngine(Path(index_dir), model, writable=False, device=device, workers=0)
-        self._watched = (self.engine.index_dir / SEGMENTS_DIR / "data.mdb", self.engine.index_dir / GLOBAL_INDEX_NAME)
+        self._watched = (self.engine.index_dir / SEGMENTS_DIR / "data.mdb", self.engine.global_path)
         self._seen = self._stamps()
         self._refresh_lock = threading.Lock()
         extractor = self.engine.extractor()  # built once here, not raced for by the first queries
@@ -61,7 +60,7 @@ class WarmSearch:
             if stamps == self._seen and not force:
                 return
             engine = self.engine
-            engine.global_index, _ = GlobalIndex.load_or_rebuild(engine.global_path, engine.store, DESCRIPTOR_DIM)
+            engine.global_index, _ = engine.load_recall_index()
             self._seen = stamps
 
     def query(self, path: Path, *, top_k: int, candidates: int, nprobe: int | None, exhaustive: bool,
