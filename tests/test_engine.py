@@ -188,15 +188,38 @@ def test_rerun_is_incremental_and_prune_follows_the_disk(collection, tmp_path, m
         assert set(records) == {"song0.ogg", "song1.ogg", "song3.ogg", "song4.ogg"}
         assert records["song0.ogg"].id == before[str((db / "song0.ogg").absolute())]
         assert records["song1.ogg"].id != before[str((db / "song1.ogg").absolute())]
-        assert engine.global_index.ntotal == 4
+        assert len(engine.global_index.video_ids()) == 4
         top = engine.query(db / "song1.ogg", top_k=1).matches[0]
         assert Path(top.path).name == "song1.ogg"
 
     removed = json.loads(run("remove", db / "song3.ogg", "--index", index_dir, "--json").stdout)
     assert [Path(p).name for p in removed["removed"]] == ["song3.ogg"]
     info = json.loads(run("info", "--index", index_dir, "--json").stdout)
-    assert info["videos"] == 3 and info["global_index"]["ntotal"] == 3
+    assert info["videos"] == 3 and info["global_index"]["videos"] == 3
     assert info["model"]["sha256"] and info["disk_bytes"] > 0
+
+
+def test_recall_file_from_before_windows_is_rebuilt_from_the_segments(built_index, tmp_path):
+    """An index whose FAISS file holds one descriptor per video (`global.faiss`, before recall
+    windows) opens: readers rebuild the windows in memory, a writer saves them and drops the old file."""
+    import faiss
+    import shutil
+
+    index_dir = tmp_path / "idx"
+    shutil.copytree(built_index[0], index_dir)
+    (windows_file,) = index_dir.glob("windows-*.faiss")
+    windows_file.unlink()
+    with SegmentStore(index_dir / "segments", readonly=True) as store:
+        ids, vectors = store.all_globals()
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    old.add_with_ids(vectors, ids)
+    faiss.write_index(old, str(index_dir / "global.faiss"))
+    with SearchEngine(index_dir, writable=False, workers=0) as engine:
+        assert engine.global_index.video_ids().tolist() == ids.tolist()
+        assert not windows_file.exists()  # readers never write
+    with SearchEngine(index_dir, writable=True, workers=0) as engine:
+        assert engine.global_index.video_ids().tolist() == ids.tolist()
+    assert windows_file.is_file() and not (index_dir / "global.faiss").exists()
 
 
 def test_index_refuses_another_model(collection, built_index, tmp_path):
@@ -244,7 +267,7 @@ def test_killed_run_resumes_to_the_same_index(collection, tmp_path, model_path, 
 
     # The interrupted index opens and answers queries (the FAISS file may be missing or stale).
     with SearchEngine(killed_dir, writable=False, workers=0) as engine:
-        assert engine.global_index.ntotal == partial
+        assert len(engine.global_index.video_ids()) == partial
         assert len(engine.query(next(iter(collection["pairs"])), top_k=1).matches) == 1
 
     result = run("index", collection["db"], "--index", killed_dir, "--workers", "0", "--json")
@@ -257,7 +280,7 @@ def test_killed_run_resumes_to_the_same_index(collection, tmp_path, model_path, 
         clean_map = sorted((r.id, r.path) for r in clean.records())
         assert killed_map == clean_map
         assert len({path for _, path in killed_map}) == len(killed_map)
-        assert killed.global_index.ntotal == len(killed_map)
+        assert len(killed.global_index.video_ids()) == len(killed_map)
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled default model is not in this checkout")
@@ -341,3 +364,31 @@ def test_every_occurrence_of_a_jingle_is_reported_in_time_order(tmp_path):
     assert [(float(r["match_start_s"]), float(r["match_end_s"])) for r in rows] == spans
     text = run("query", clip, "--index", tmp_path / "index", "-k", 1).output
     assert text.count("(occurrence, similarity") == 3
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="the bundled default model is not in this checkout")
+def test_short_clip_inside_a_long_video_is_recalled_first(tmp_path):
+    """A 6-s clip hidden at 100 s in a 3-minute video of other music: recall alone (one candidate, no
+    rerank to correct it) brings that video first, scored by the window that holds the clip. Its
+    whole-video descriptor is diluted (the clip is 1/30 of its mean) and scores well below that window."""
+    sr = 44100
+    db = tmp_path / "db"
+    db.mkdir()
+    clip = synth_music(6.0, sr, seed=61)[0]
+    long_video = synth_music(180.0, sr, seed=62)[0]
+    long_video[100 * sr:106 * sr] = clip
+    write_video_file(db / "long.mp4", long_video, sr)
+    for j in range(8):
+        write_audio_file(db / f"distractor{j}.ogg", synth_music(20.0, sr, seed=900 + j), sr)
+    query = tmp_path / "clip.mp3"
+    write_audio_file(query, clip, sr, bitrate=128_000)
+    with SearchEngine(tmp_path / "index", writable=True, workers=0) as engine:
+        engine.index_paths([db])
+        assert len(engine.global_index.video_ids()) == 9 and engine.global_index.ntotal > 9
+        long_id = engine.store.id_for_path(str(db / "long.mp4"))
+        embedded = engine.embed(engine.extractor().descriptors(query).descriptors).float().numpy()
+        videos, scores = engine.global_index.search_videos(engine.layout.pool(embedded), 2)
+        whole = engine.store.globals([long_id])[0] @ engine.layout.pool(embedded)[0]
+        top = engine.query(query, top_k=1, candidates=1).matches
+    assert videos[0] == long_id and scores[0] > whole + 0.02, (videos, scores, whole)
+    assert Path(top[0].path).name == "long.mp4" and 99 <= top[0].match_span[0] <= 101

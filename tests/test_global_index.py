@@ -10,6 +10,7 @@ import pytest
 from ausil_search.errors import IndexStoreError
 from ausil_search.stores import GlobalIndex, SegmentStore, VideoFile
 from ausil_search.stores.global_index import FLAT_RETURN_SIZE, IVF_MIN_SIZE, nlist_for
+from ausil_search.stores.windows import WindowLayout, video_of, window_ids
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -204,13 +205,17 @@ def test_unreadable_file_is_an_index_store_error(tmp_path: Path) -> None:
         GlobalIndex.load(path)
 
 
-def _store_with_globals(path: Path, paths: list[str], rng: np.random.Generator) -> SegmentStore:
-    store = SegmentStore(path)
+LAYOUT = WindowLayout(size=10, hop=5)
+
+
+def _store_with_segments(path: Path, paths: list[str], rng: np.random.Generator) -> SegmentStore:
+    """Videos of 1 to 40 random 32-d segments: one window each up to 10 segments, several beyond."""
+    store = SegmentStore(path, dtype="float32")
     store.add_videos(
         [
             (
                 VideoFile(path=p, size=1, mtime_ns=1, fingerprint=p, duration_s=1.0),
-                rng.random((2, 4), dtype=np.float32),
+                rng.standard_normal((int(rng.integers(1, 41)), 32)).astype(np.float32),
                 rng.standard_normal(32).astype(np.float32),
             )
             for p in paths
@@ -219,31 +224,75 @@ def _store_with_globals(path: Path, paths: list[str], rng: np.random.Generator) 
     return store
 
 
+def _expected_windows(store: SegmentStore) -> tuple[np.ndarray, np.ndarray]:
+    ids, vectors = [], []
+    for video_id, segments in zip(store.ids(), store.segments_many(store.ids().tolist())):
+        pooled = LAYOUT.pool(segments)
+        ids.append(window_ids(video_id, len(pooled)))
+        vectors.append(pooled)
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
 def test_load_or_rebuild_follows_the_store(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    index_path = tmp_path / "global.faiss"
-    with _store_with_globals(tmp_path / "store", [f"/v/{i}" for i in range(60)], rng) as store:
-        index, changed = GlobalIndex.load_or_rebuild(index_path, store, dim=32)  # no file yet
-        assert changed and set(index.ids()) == set(store.ids())
-        index.save(index_path)
-        assert GlobalIndex.load_or_rebuild(index_path, store, dim=32)[1] is False
-
-        # The store moves on without the FAISS file (a crash before it was saved):
-        store.remove_paths([f"/v/{i}" for i in range(5)])
-        new_vector = rng.standard_normal(32).astype(np.float32)
-        replaced = store.add_videos(
-            [(VideoFile(path="/v/7", size=2, mtime_ns=2, fingerprint="new", duration_s=1.0), np.ones((1, 4)), new_vector)]
-        )
-        index, changed = GlobalIndex.load_or_rebuild(index_path, store, dim=32)
-        assert changed and np.array_equal(np.sort(index.ids()), store.ids())
-        _, found = index.search(new_vector[None], 1)
-        assert found[0, 0] == replaced.ids[0]
-        ids, vectors = store.all_globals()
+    index_path = tmp_path / "windows.faiss"
+    with _store_with_segments(tmp_path / "store", [f"/v/{i}" for i in range(60)], rng) as store:
+        index, changed = GlobalIndex.load_or_rebuild(index_path, store, LAYOUT)  # no file yet
+        ids, vectors = _expected_windows(store)
+        assert changed and np.array_equal(np.sort(index.ids()), np.sort(ids)) and len(ids) > 60
         _, found = index.search(vectors, 1)
-        np.testing.assert_array_equal(found[:, 0], ids)
+        np.testing.assert_array_equal(found[:, 0], ids)  # each window holds its own pooled segments
+        index.save(index_path)
+        assert GlobalIndex.load_or_rebuild(index_path, store, LAYOUT)[1] is False
+
+        # The store moves on without the FAISS file (a crash before it was saved): every window of
+        # a removed or replaced video goes, the new content's windows come.
+        store.remove_paths([f"/v/{i}" for i in range(5)])
+        new_segments = rng.standard_normal((33, 32)).astype(np.float32)
+        replaced = store.add_videos(
+            [(VideoFile(path="/v/7", size=2, mtime_ns=2, fingerprint="new", duration_s=1.0), new_segments,
+              np.ones(32, np.float32))]
+        )
+        index, changed = GlobalIndex.load_or_rebuild(index_path, store, LAYOUT)
+        ids, vectors = _expected_windows(store)
+        assert changed and np.array_equal(np.sort(index.ids()), np.sort(ids))
+        np.testing.assert_array_equal(index.video_ids(), store.ids())
+        videos, _ = index.search_videos(LAYOUT.pool(new_segments[8:16]), 1)
+        assert videos.tolist() == replaced.ids
 
         index_path.write_bytes(b"not a faiss file")
-        index, changed = GlobalIndex.load_or_rebuild(index_path, store, dim=32)
-        assert changed and np.array_equal(np.sort(index.ids()), store.ids())
-        with pytest.raises(IndexStoreError, match="32-d"):
-            GlobalIndex.from_store(store, dim=64)
+        index, changed = GlobalIndex.load_or_rebuild(index_path, store, LAYOUT)
+        assert changed and np.array_equal(np.sort(index.ids()), np.sort(ids))
+
+
+def test_search_videos_ranks_videos_by_their_best_window() -> None:
+    """Exact against brute force over windows, with enough distinct videos even when one video's
+    windows fill the first window ranks; `exclude` leaves a video out."""
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 30, 80)
+    counts[3] = 200  # a long video whose windows crowd the top ranks
+    vectors = rng.standard_normal((int(counts.sum()), 24)).astype(np.float32)
+    owners = np.repeat(np.arange(1, 81), counts)
+    ids = np.concatenate([window_ids(v, c) for v, c in zip(range(1, 81), counts)])
+    index = GlobalIndex.build(ids, vectors)
+    query = vectors[owners == 4][:3] + 0.01
+    scores = unit_rows(query) @ unit_rows(vectors).T
+    best = {v: scores[:, owners == v].max() for v in range(1, 81)}
+    want = sorted(best, key=lambda v: -best[v])
+    videos, found = index.search_videos(query, 10)
+    assert videos.tolist() == want[:10]
+    np.testing.assert_allclose(found, [best[v] for v in want[:10]], rtol=1e-5)
+    (videos, _), = index.search_videos_many([query], 10, exclude=[4])
+    assert videos.tolist() == want[1:11]
+
+
+def test_window_layout_covers_every_segment() -> None:
+    layout = WindowLayout(size=30, hop=15)
+    assert layout.starts(1).tolist() == [0] and layout.starts(30).tolist() == [0]
+    assert layout.starts(31).tolist() == [0, 1]
+    assert layout.starts(100).tolist() == [0, 15, 30, 45, 60, 70]  # the last window ends at the end
+    segments = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    pooled = layout.pool(segments)
+    expected = segments[70:100].mean(0)
+    np.testing.assert_allclose(pooled[-1], expected / np.linalg.norm(expected), rtol=1e-5)
+    assert np.array_equal(video_of(window_ids(12345, 3)), [12345] * 3) and video_of(np.array([-1]))[0] == -1

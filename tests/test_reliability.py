@@ -27,6 +27,7 @@ import ausil_search
 from ausil_search.cli import cli
 from ausil_search.engine import SearchEngine
 from ausil_search.stores import SegmentStore
+from ausil_search.stores.windows import video_of
 from media import synth_music, write_audio_file
 
 SR = 22050
@@ -257,14 +258,15 @@ def test_nan_vectors_in_the_faiss_file_are_rebuilt_from_the_store(small_index, t
     import faiss
 
     index_dir = copied_index(small_index, tmp_path)
-    index = faiss.read_index(str(index_dir / "global.faiss"))
+    (recall_file,) = index_dir.glob("windows-*.faiss")
+    index = faiss.read_index(str(recall_file))
     vectors = faiss.rev_swig_ptr(faiss.downcast_index(index.index).get_xb(), index.ntotal * index.d)
-    vectors[: index.d] = np.nan  # poison the first video's vector
-    faiss.write_index(index, str(index_dir / "global.faiss"))
+    vectors[: index.d] = np.nan  # poison the first window
+    faiss.write_index(index, str(recall_file))
     with SearchEngine(index_dir, writable=False, workers=0) as engine:
-        probe = engine.store.globals(engine.store.ids()[:1])
+        probe = engine.store.globals(engine.store.ids()[:1])  # a short song: its one window is its global
         scores, ids = engine.global_index.search(probe, 3)
-        assert np.isfinite(scores).all() and ids[0, 0] == engine.store.ids()[0]
+        assert np.isfinite(scores).all() and video_of(ids[0, 0]) == engine.store.ids()[0]
         song = small_index["songs"][0]
         assert engine.query(song, top_k=1, candidates=1).matches[0].path == str(song.resolve())
 
@@ -392,7 +394,7 @@ def test_full_index_disk_gives_one_line_and_keeps_the_index(small_disk, tmp_path
     songs = write_songs(tmp_path / "db", 4, seconds=6.0, seed=80)
     index_dir = small_disk / "idx"
     assert run("index", songs[0], "--index", index_dir, "--model", model_path, "--workers", 0).exit_code == 0
-    (index_dir / "global.faiss").unlink()  # opening must now rebuild it, and cannot save it
+    next(index_dir.glob("windows-*.faiss")).unlink()  # opening must now rebuild it, and cannot save it
     filler = fill(small_disk)
 
     result = run("index", tmp_path / "db", "--index", index_dir, "--workers", 0, "--commit-every", 1)

@@ -190,7 +190,8 @@ def info(index_dir, as_json):
     click.echo(f"index       {details['index']}  (created {details['created']})")
     click.echo(f"videos      {details['videos']}  ({details['duration_s'] / 3600:.2f} h of audio, {details['segments']} segments)")
     click.echo(f"model       {details['model'].get('identity')}")
-    click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)"))
+    click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)")
+               + f", {g['ntotal']} windows of {g['window_s']:g} s every {g['hop_s']:g} s")
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
 
 

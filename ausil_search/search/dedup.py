@@ -41,7 +41,7 @@ from .stores import VideoRecord, WriterLock
 DEDUP_DIR = "dedup"
 FORMAT_VERSION = 1
 DEFAULT_CANDIDATES = 20  # recall per video; groups need only a chain of strong pairs, not every pair
-RECALL_CHUNK = 2048  # global descriptors searched at a time
+RECALL_CHUNK = 128  # videos whose recall windows are searched at a time
 COMMIT_PAIRS = 4096  # scores per write transaction
 COMMIT_SECONDS = 10.0
 _DB_NAMES = (b"pairs", b"done", b"decisions", b"meta")
@@ -342,15 +342,14 @@ def _canonical(a: np.ndarray, b: np.ndarray, lengths: dict[int, int]) -> tuple[n
 
 
 def _recall_pairs(engine, ids: np.ndarray, candidates: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(video, candidate) id arrays from the FAISS recall of every video, chunk by chunk, self-matches dropped."""
-    k = min(candidates + 1, len(ids))
+    """(video, candidate) id arrays from the FAISS recall of every video (its recall windows
+    against everyone's, as distinct videos), chunk by chunk, self-matches dropped."""
     for start in range(0, len(ids), RECALL_CHUNK):
-        chunk = ids[start:start + RECALL_CHUNK]
-        _, found = engine.global_index.search(engine.store.globals(chunk.tolist()), k)
-        rows = np.repeat(chunk, found.shape[1])
-        found = found.reshape(-1)
-        keep = (found >= 0) & (found != rows)
-        yield rows[keep], found[keep]
+        chunk = ids[start:start + RECALL_CHUNK].tolist()
+        windows = [engine.layout.pool(segments) for segments in engine.store.segments_many(chunk)]
+        answers = engine.global_index.search_videos_many(windows, candidates, exclude=chunk)
+        yield (np.repeat(chunk, [len(found) for found, _ in answers]).astype(np.int64),
+               np.concatenate([found for found, _ in answers]))
 
 
 def pairs_to_score(engine, store: DedupStore, records: dict[int, VideoRecord], focus: set[int], done: set[int],

@@ -4,7 +4,10 @@ An index is one directory:
 - `manifest.json` — format version, the model's identity and front-end, dims, pooling;
 - `segments/` — the LMDB store (source of truth): per video its AuSiL-embedded segments, its
   global descriptor and the file facts used to detect changes;
-- `global.faiss` — the FAISS recall index, derived from the store and rebuilt from it when stale.
+- `windows-<size>-<hop>.faiss` — the FAISS recall index of overlapping windows of each video's
+  segments (`stores/windows.py`), derived from the store and rebuilt from it when stale or missing;
+  its name carries the window layout, so a file of another layout (or the `global.faiss` of one
+  descriptor per video that came before windows) is never read: it is rebuilt and replaced.
 
 Videos are committed to the store in small batches, so an interrupted run keeps every committed
 batch and a rerun only processes what is missing or changed.
@@ -36,6 +39,7 @@ from ..features.scratch import sweep_stale_once
 from ..progress import Progress, Stage, silent
 from ..features.spectrogram import FrontEnd, segments_span_seconds
 from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
+from .stores.windows import Pooling, WindowLayout
 
 INDEX_FORMAT_VERSION = 1
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
@@ -43,13 +47,13 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_ATTRIBUTE = "manifest"  # the store's copy of the manifest (SegmentStore attribute)
 REQUIRED_MANIFEST_KEYS = ("model.sha256", "model.identity", "frontend", "pooling")
 SEGMENTS_DIR = "segments"
-GLOBAL_INDEX_NAME = "global.faiss"
+LEGACY_GLOBAL_INDEX_NAME = "global.faiss"  # one descriptor per video, before recall windows
+RECALL_WINDOW_S = 30.0  # recall window length and hop, chosen on the dev sets (benchmarks/recall_windows.py)
+RECALL_HOP_S = 15.0
 COMMIT_EVERY_VIDEOS = 16
 COMMIT_EVERY_SECONDS = 10.0
 RERANK_CHUNK = 256
 EMBED_CHUNK = 2048  # segments embedded at a time when indexing (~34 min of audio at a 1-s step)
-
-Pooling = Literal["mean", "max"]
 
 
 def pool_segments(embedded: torch.Tensor, pooling: Pooling) -> np.ndarray:
@@ -171,10 +175,12 @@ class SearchEngine:
             if manifest is not None:
                 self._check_compatible(manifest)
             self.manifest = self._record_manifest(manifest) if writable else manifest
-            self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
+            self.layout = WindowLayout.from_seconds(RECALL_WINDOW_S, RECALL_HOP_S, self.frontend.step_seconds,
+                                                    self.pooling)
+            self.global_index, changed = self.load_recall_index()
             if changed and writable:
                 try:
-                    self.global_index.save(self.global_path)
+                    self._save_recall_index()
                 except IndexStoreError as error:  # derived data: used from memory, rebuilt at the next open
                     self.warnings.append(str(error))
         except BaseException:
@@ -188,7 +194,20 @@ class SearchEngine:
 
     @property
     def global_path(self) -> Path:
-        return self.index_dir / GLOBAL_INDEX_NAME
+        """The FAISS recall index, named after its window layout."""
+        return self.index_dir / f"windows-{self.layout.size}-{self.layout.hop}.faiss"
+
+    def load_recall_index(self) -> tuple[GlobalIndex, bool]:
+        """The recall index in step with the store, and whether it differs from the file."""
+        return GlobalIndex.load_or_rebuild(self.global_path, self.store, self.layout, DESCRIPTOR_DIM)
+
+    def _save_recall_index(self) -> None:
+        """Save the recall index, then drop recall files of other layouts (derived data, now stale)."""
+        self.global_index.save(self.global_path)
+        for old in [self.index_dir / LEGACY_GLOBAL_INDEX_NAME, *self.index_dir.glob("windows-*.faiss")]:
+            if old != self.global_path:
+                with contextlib.suppress(OSError):
+                    old.unlink()
 
     def _no_index(self) -> IndexStoreError:
         return IndexStoreError(f"no index at {self.index_dir}: build one with `ausil-search index DIR`")
@@ -462,9 +481,9 @@ class SearchEngine:
         return targets
 
     def _sync_global_index(self) -> None:
-        self.global_index, changed = GlobalIndex.load_or_rebuild(self.global_path, self.store, DESCRIPTOR_DIM)
+        self.global_index, changed = self.load_recall_index()
         if changed:
-            self.global_index.save(self.global_path)
+            self._save_recall_index()
 
     @contextlib.contextmanager
     def _global_index_synced(self) -> Iterator[None]:
@@ -501,11 +520,8 @@ class SearchEngine:
         clock = time.perf_counter()
         if exhaustive:
             ids = self.store.ids()
-        elif (depth := min(candidates, len(self.global_index))) > 0:  # FAISS allocates k results per query
-            _, found = self.global_index.search(pool_segments(query, self.pooling)[None], depth, nprobe)
-            ids = found[0][found[0] >= 0]
-        else:
-            ids = np.empty(0, dtype=np.int64)
+        else:  # the best windows, as distinct videos
+            ids, _ = self.global_index.search_videos(self.layout.pool(query.float().cpu().numpy()), candidates, nprobe)
         timings["recall_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -559,7 +575,8 @@ class SearchEngine:
             "frontend": manifest.get("frontend", {}),
             "pooling": self.pooling,
             "segment_dtype": str(self.store.dtype),
-            "global_index": self.global_index.describe(),
+            "global_index": {**self.global_index.describe(), "window_s": round(self.layout.size * self.frontend.step_seconds, 3),
+                             "hop_s": round(self.layout.hop * self.frontend.step_seconds, 3)},
             "created": manifest.get("created"),
         }
 

@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features.backbone import DESCRIPTOR_DIM
-from ..search.decision import Comparison, compare_videos
-from ..search.engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
 from ..errors import AusilError
-from ..search.stores import GlobalIndex, VideoRecord
+from ..search.decision import Comparison, compare_videos
+from ..search.engine import SEGMENTS_DIR, QueryResult, SearchEngine
+from ..search.stores import VideoRecord
 
 QUERY_ATTEMPTS = 3
 
@@ -49,7 +48,7 @@ class WarmSearch:
 
     def __init__(self, index_dir: Path, model: str | None = None, device: str | None = None) -> None:
         self.engine = SearchEngine(Path(index_dir), model, writable=False, device=device, workers=0)
-        self._watched = (self.engine.index_dir / SEGMENTS_DIR / "data.mdb", self.engine.index_dir / GLOBAL_INDEX_NAME)
+        self._watched = (self.engine.index_dir / SEGMENTS_DIR / "data.mdb", self.engine.global_path)
         self._seen = self._stamps()
         self._refresh_lock = threading.Lock()
         extractor = self.engine.extractor()  # built once here, not raced for by the first queries
@@ -72,7 +71,7 @@ class WarmSearch:
             if stamps == self._seen and not force:
                 return
             engine = self.engine
-            engine.global_index, _ = GlobalIndex.load_or_rebuild(engine.global_path, engine.store, DESCRIPTOR_DIM)
+            engine.global_index, _ = engine.load_recall_index()
             self._seen = stamps
 
     def query(self, path: Path, *, top_k: int, candidates: int, nprobe: int | None, exhaustive: bool,

@@ -1,7 +1,12 @@
-"""The global index: one descriptor per video in FAISS, for the recall stage.
+"""The global index: the recall windows of every video in FAISS, for the recall stage.
+
+Each video has one or more window descriptors (`windows.py`: a long video one per overlapping
+window, a short one a single window), keyed by ids that carry the video id, so the recall maps
+window hits to distinct videos (`search_videos`) and a video's removal drops all its windows.
+Everything below counts windows, not videos.
 
 Policy (measured on 2,528-d clustered synthetic descriptors, 2 CPU cores):
-- Below `IVF_MIN_SIZE` videos: exact search (`IndexFlatIP` in an `IndexIDMap2`), so small
+- Below `IVF_MIN_SIZE` windows: exact search (`IndexFlatIP` in an `IndexIDMap2`), so small
   collections get exact results. It stays affordable there (a lone query scans n·dim floats:
   ~15 ms at 10k, ~30 ms at 20k; batched ~1.5-2.7 ms per query), and IVF with nlist ≈ 4·√n cannot
   be trained properly below ~20k anyway (k-means wants >= 39 points per list).
@@ -13,7 +18,7 @@ Policy (measured on 2,528-d clustered synthetic descriptors, 2 CPU cores):
   8 or 64 of 1024 at 100k, without/with 5% off-cluster vectors). FAISS keeps nprobe in the file.
 - `needs_rebuild()` says when the collection has outgrown that choice (nlist would change, i.e.
   about 4x growth, or the index crossed a size threshold); the engine then rebuilds from the
-  segment store, which holds every global vector: this index is derived data.
+  segment store, whose segments give every window: this index is derived data.
 
 Vectors are L2-normalised on the way in, so scores are cosine similarities.
 """
@@ -21,7 +26,7 @@ Vectors are L2-normalised on the way in, so scores are cosine similarities.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import numpy as np
 from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
 from ausil_search.search.stores.segment_store import SegmentStore
+from ausil_search.search.stores.windows import WindowLayout, best_per_video, video_of, window_ids
 
 IVF_MIN_SIZE = 20_000  # collections from this size on use IVF
 FLAT_RETURN_SIZE = 10_000  # an IVF index that shrinks below this goes back to exact search
@@ -43,6 +49,8 @@ RECALL_DEPTH, EXACT_DEPTH = 100, 10  # "IVF top-100 contains the exact top-10"
 GPU_MAX_K = 2048  # FAISS GPU search limit; larger k searches on the CPU
 _BUILD_CHUNK = 16_384  # vectors per read while building (166 MB at 2528-d)
 _SEED = 1234
+_VIDEOS_PER_READ = 64  # videos whose segments are read at a time while computing windows
+_DEPTH_PER_VIDEO = 4  # windows searched per wanted video at first (deepened while too few videos come back)
 
 # Rows of the collection -> their vectors (raw, not yet normalised); `slice` for sequential reads.
 VectorSource = Callable[[np.ndarray | slice], np.ndarray]
@@ -75,7 +83,7 @@ _GPU_RESOURCES: Any | None = None
 
 
 class GlobalIndex:
-    """Inner-product search over L2-normalised per-video descriptors, keyed by the store's ids."""
+    """Inner-product search over L2-normalised window descriptors, keyed by window ids."""
 
     def __init__(self, index: faiss.Index) -> None:
         """Wrap an `IndexIDMap2(IndexFlatIP)` or an `IndexIVFFlat` with inner-product metric;
@@ -94,14 +102,11 @@ class GlobalIndex:
         return cls._build(np.asarray(ids, dtype=np.int64), vectors.shape[1], vectors.__getitem__)
 
     @classmethod
-    def from_store(cls, store: SegmentStore, dim: int) -> GlobalIndex:
-        """An index of every global descriptor in `store`, read a chunk at a time."""
-        if store.global_dim not in (None, dim):
-            raise IndexStoreError(
-                f"segment store {store.path} holds {store.global_dim}-d global descriptors, not {dim}-d"
-            )
-        ids = store.ids()
-        return cls._build(ids, dim, lambda rows: store.globals(ids[rows]))
+    def from_store(cls, store: SegmentStore, layout: WindowLayout, dim: int | None = None) -> GlobalIndex:
+        """An index of the recall windows of every video in `store`, computed from its segments a
+        chunk at a time. `dim` is the width of an index of an empty store."""
+        windows = StoreWindows(store, layout, [(r.id, r.n_segments) for r in store.iter_records()])
+        return cls._build(windows.ids, store.segment_dim or dim or 0, windows)
 
     @classmethod
     def _build(cls, ids: np.ndarray, dim: int, source: VectorSource) -> GlobalIndex:
@@ -167,9 +172,9 @@ class GlobalIndex:
         self._gpu_index = None
         return int(removed)
 
-    def needs_rebuild(self) -> bool:
-        """True when the collection size now calls for another index type or number of lists."""
-        n = self.ntotal
+    def needs_rebuild(self, n: int | None = None) -> bool:
+        """True when the collection size (now, or `n` windows) calls for another index type or number of lists."""
+        n = self.ntotal if n is None else n
         if self.nlist is None:
             return n >= IVF_MIN_SIZE
         return n < FLAT_RETURN_SIZE or nlist_for(max(n, IVF_MIN_SIZE)) != self.nlist
@@ -191,6 +196,38 @@ class GlobalIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
+    def search_videos(
+        self, windows: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best distinct videos for a query described by one or more `windows` (W, dim),
+        each video scored by its best window against any query window, best first: (video ids
+        int64, scores float32)."""
+        return self.search_videos_many([windows], k, nprobe)[0]
+
+    def search_videos_many(
+        self, queries: Sequence[np.ndarray], k: int, nprobe: int | None = None, exclude: Sequence[int] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search_videos` for several queries in one FAISS search; `exclude[i]` is a video left out
+        of query i's answer (a dedup query's own). The window search deepens until every query has
+        k videos or every window was returned."""
+        bounds = np.cumsum([0] + [len(q) for q in queries])
+        stacked = np.concatenate(queries) if queries else np.empty((0, self.dim), np.float32)
+        depth = min(self.ntotal, (k + 1) * _DEPTH_PER_VIDEO)
+        while True:
+            answers = []
+            scores, ids = self.search(stacked, depth, nprobe) if depth else (None, None)
+            for i in range(len(queries)):
+                if depth == 0:
+                    answers.append((np.empty(0, np.int64), np.empty(0, np.float32)))
+                    continue
+                hits = ids[bounds[i] : bounds[i + 1]]
+                if exclude is not None:
+                    hits = np.where(video_of(hits) == exclude[i], -1, hits)
+                answers.append(best_per_video(scores[bounds[i] : bounds[i + 1]], hits, k))
+            if depth >= self.ntotal or all(len(videos) >= k for videos, _ in answers):
+                return answers
+            depth = min(self.ntotal, depth * _DEPTH_PER_VIDEO)
+
     def _searcher(self, k: int) -> faiss.Index:
         """The GPU copy of the index where FAISS can use a GPU for this k, else the index itself."""
         resources = _gpu_resources()
@@ -211,6 +248,10 @@ class GlobalIndex:
             if lists.list_size(i)
         ]
         return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def video_ids(self) -> np.ndarray:
+        """Ids of the videos that have windows in the index, ascending."""
+        return np.unique(video_of(self.ids()))
 
     # ---------------------------------------------------------------- description
 
@@ -239,7 +280,8 @@ class GlobalIndex:
         return {
             "type": "flat" if self.nlist is None else "ivf",
             "dim": self.dim,
-            "ntotal": self.ntotal,
+            "ntotal": self.ntotal,  # windows
+            "videos": len(self.video_ids()),
             "nlist": self.nlist,
             "nprobe": self.nprobe,
             "gpu": _gpu_resources() is not None,
@@ -296,33 +338,70 @@ class GlobalIndex:
         return all(np.isfinite(b[i : i + step]).all() for b in blocks for i in range(0, len(b), step))
 
     @classmethod
-    def load_or_rebuild(cls, path: Path, store: SegmentStore, dim: int) -> tuple[GlobalIndex, bool]:
+    def load_or_rebuild(
+        cls, path: Path, store: SegmentStore, layout: WindowLayout, dim: int | None = None
+    ) -> tuple[GlobalIndex, bool]:
         """The index at `path` brought in line with `store`; the flag says whether it changed
         (a writer should then `save` it; a reader can simply use it).
 
-        A missing or unreadable file, or one of another dimension, is rebuilt from the store.
-        Otherwise ids the store no longer has are removed and ids it gained are added: since the
-        store never gives new content an old id, equal id sets mean equal contents. An index that
-        has outgrown its type or list count is rebuilt.
+        A missing or unreadable file, or one of another width than the store's segments, is rebuilt
+        from the store. Otherwise the windows of videos the store no longer has are removed and
+        those of videos it gained are added: since the store never gives new content an old id,
+        equal video sets mean equal contents. An index that has outgrown its type or list count is
+        rebuilt. The layout is not in the file: the caller names the file after it.
         """
+        width = store.segment_dim or dim or 0
         try:
             index = cls.load(path)
         except IndexStoreError:
-            return cls.from_store(store, dim), True
+            return cls.from_store(store, layout, dim), True
         present = index.ids()
-        if index.dim != dim or len(np.unique(present)) != len(present):
-            return cls.from_store(store, dim), True
+        if index.dim != width or len(np.unique(present)) != len(present):
+            return cls.from_store(store, layout, dim), True
+        present_videos = np.unique(video_of(present))
         stored = store.ids()
-        stale = np.setdiff1d(present, stored, assume_unique=True)
-        missing = np.setdiff1d(stored, present, assume_unique=True)
+        stale = np.setdiff1d(present_videos, stored, assume_unique=True)
+        missing = np.setdiff1d(stored, present_videos, assume_unique=True)
         if stale.size:
-            index.remove(stale)
-        for start in range(0, len(missing), _BUILD_CHUNK):
-            chunk = missing[start : start + _BUILD_CHUNK]
-            index.add(chunk, store.globals(chunk))
+            index.remove(present[np.isin(video_of(present), stale)])
+        if missing.size:
+            windows = StoreWindows(store, layout, [(int(i), store.get(int(i)).n_segments) for i in missing])
+            if index.needs_rebuild(index.ntotal + len(windows.ids)):  # skip adding what a rebuild redoes
+                return cls.from_store(store, layout, dim), True
+            index._add_rows(windows.ids, windows)
         if index.needs_rebuild():
-            return cls.from_store(store, dim), True
+            return cls.from_store(store, layout, dim), True
         return index, bool(stale.size or missing.size)
+
+
+class StoreWindows:
+    """The recall windows of some of a store's videos: their FAISS ids, and their vectors by row
+    (a `VectorSource`), pooled from the stored segments a few videos at a time."""
+
+    def __init__(self, store: SegmentStore, layout: WindowLayout, videos: list[tuple[int, int]]) -> None:
+        """`videos`: (video id, number of segments) pairs."""
+        self._store, self._layout = store, layout
+        self._videos = np.array([video_id for video_id, _ in videos], dtype=np.int64)
+        counts = np.array([layout.count(n) for _, n in videos], dtype=np.int64)
+        self._owner = np.repeat(np.arange(len(videos)), counts)  # row -> position in `videos`
+        self._first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.ids = np.concatenate([window_ids(v, c) for v, c in zip(self._videos, counts)]) if videos else np.empty(
+            0, np.int64
+        )
+
+    def __call__(self, rows: np.ndarray | slice) -> np.ndarray:
+        rows = np.arange(len(self.ids))[rows]
+        out = np.empty((len(rows), self._store.segment_dim or 0), dtype=np.float32)
+        order = np.argsort(self._owner[rows], kind="stable")
+        owners = self._owner[rows][order]
+        needed = np.unique(owners)
+        bounds = np.searchsorted(owners, np.append(needed, len(self._videos)))
+        for start in range(0, len(needed), _VIDEOS_PER_READ):
+            chunk = needed[start : start + _VIDEOS_PER_READ]
+            for i, segments in enumerate(self._store.segments_many(self._videos[chunk].tolist()), start):
+                mine = order[bounds[i] : bounds[i + 1]]
+                out[mine] = self._layout.pool(segments)[rows[mine] - self._first_row[needed[i]]]
+        return out
 
 
 def _exact_neighbours(queries: np.ndarray, query_rows: np.ndarray, n: int, source: VectorSource) -> np.ndarray:
