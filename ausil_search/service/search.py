@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbone import DESCRIPTOR_DIM
 from ..engine import GLOBAL_INDEX_NAME, SEGMENTS_DIR, QueryResult, SearchEngine
 from ..errors import AusilError
 from ..stores import GlobalIndex, VideoRecord
@@ -61,7 +60,7 @@ class WarmSearch:
             if stamps == self._seen and not force:
                 return
             engine = self.engine
-            engine.global_index, _ = GlobalIndex.load_or_rebuild(engine.global_path, engine.store, DESCRIPTOR_DIM)
+            engine.global_index, _ = GlobalIndex.load_or_rebuild(engine.global_path, engine.store, engine.model.head.width)
             self._seen = stamps
 
     def query(self, path: Path, *, top_k: int, candidates: int, nprobe: int | None, exhaustive: bool,
