@@ -6,6 +6,7 @@ a traceback always means a bug.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sys
@@ -20,6 +21,8 @@ from .train.configs import BackboneTrainConfig, SelfSupervisedConfig, TrainConfi
 DEVICE_HELP = "cpu, cuda, cuda:N; default: cuda when available, else cpu."
 PRECISION_HELP = ("Backbone arithmetic: fused (BatchNorm folded in, equal to fp32 within 2e-6, ~2.5x faster on CPU), "
                   "fp32 (the network as released), bf16 (faster on CPUs/GPUs with bf16 units; descriptors differ slightly).")
+WIDTH_HELP = ("Keep the whitening's top N components: a narrower head whose indexes store smaller segments "
+              "(default: all, 2528).")
 MODEL_HELP = "Model file, or 'official' for the downloaded official weights; default: the bundled default model."
 
 
@@ -256,10 +259,13 @@ def _fmt_time(seconds: float) -> str:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None, help=INDEX_HELP + "  [default: indexes/default]")
 @click.option("--model", "model_spec", default=None, help=MODEL_HELP + " An existing index keeps the model it was built with.")
 @click.option("--prune", is_flag=True, help="Also remove entries under PATHS whose files are gone.")
+@click.option("--rebuild", is_flag=True,
+              help="Extract every file of the index again into a new index of this version (same paths and ids) "
+                   "and swap it in; converts an index of an older format. No PATHS. Resumes if interrupted.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
@@ -267,19 +273,23 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
               help="Videos per store commit (also committed every 10 s); an interruption loses at most one batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, as_json):
+def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_size, precision, commit_every, as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
     committed stays searchable and a rerun picks up where it stopped. Unusable files are reported
-    and skipped.
+    and skipped. --rebuild (without PATHS) extracts the files of an index again, e.g. to convert an
+    index of an older format.
     """
-    from .engine import SearchEngine
+    from .dedup import carry_decisions
+    from .engine import SearchEngine, rebuild_index
 
-    engine = SearchEngine(index_dir or _default_index(), model_spec, writable=True, device=device,
-                          workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
-    _print_warnings(engine)
-    with engine, progress_bar(desc="index", unit="file") as bar:
+    if rebuild == bool(paths) or (rebuild and prune):
+        raise click.UsageError("give PATHS to index, or --rebuild (without PATHS or --prune) to rebuild the index")
+    index_dir = index_dir or _default_index()
+    options = {"device": device, "workers": workers, "batch_size": batch_size, "precision": precision,
+               "commit_every": commit_every}
+    with progress_bar(desc="rebuild" if rebuild else "index", unit="file") as bar:
         def on_file(path, error):
             if error:
                 bar.write(f"skipped: {error}", file=sys.stderr)
@@ -288,9 +298,18 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
         def on_skip(path, reason):
             bar.write(f"skipped: {path}: {reason}", file=sys.stderr)
 
-        report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file,
-                                    on_skip=on_skip)
-        info = engine.info()
+        hooks = {"on_plan": lambda n: bar.reset(total=n), "on_file": on_file, "on_skip": on_skip}
+        if rebuild:
+            report = rebuild_index(index_dir, model_spec, before_swap=carry_decisions, **hooks, **options)
+            engine = None if report.interrupted else SearchEngine(index_dir, model_spec)
+        else:
+            engine = SearchEngine(index_dir, model_spec, writable=True, **options)
+            _print_warnings(engine)
+        with engine or contextlib.nullcontext():
+            if not rebuild:
+                report = engine.index_paths(paths, prune=prune, **hooks)
+            info = engine.info() if engine else {"index": str(index_dir), "videos": report.added,
+                                                 "duration_s": report.audio_seconds}
     if as_json:
         emit_json({**report.to_dict(), "index": info})
     else:
@@ -649,9 +668,10 @@ def _recorded_command() -> str:
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Covariance shrinkage towards μ·I; default: Ledoit–Wolf, at least dims/(segments + dims).")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=None, help="Read at most this much of each file.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help=WIDTH_HELP)
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_seconds, device, as_json):
+def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_seconds, width, device, as_json):
     """Fit the PCA whitening of a model to the segments of SOURCES (media folders, files, path lists, .npz).
 
     The rest of the model is unchanged; the output records what the whitening was fitted on.
@@ -663,7 +683,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
     try:
         fitted = fit_whitening_model(
             load_model(model_spec), sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds,
-            device, on_stage=progress.on_stage, on_file=progress.on_file, command=_recorded_command(),
+            device, on_stage=progress.on_stage, on_file=progress.on_file, command=_recorded_command(), width=width,
         )
     finally:
         progress.close()
@@ -673,7 +693,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
         emit_json(summary)
     else:
         click.echo(f"whitening fitted on {summary['segments']} segments of {summary['files']} files "
-                   f"(shrinkage {summary['shrinkage']:.3f}) → {output}")
+                   f"(shrinkage {summary['shrinkage']:.3f}), width {summary['width']} → {output}")
 
 
 @cli.command()
@@ -698,6 +718,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default="fit", show_default=True,
               help="fit: from the training segments, then fixed; keep: the input model's; train: fit, then fine-tune.")
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None, help="Whitening shrinkage (see fit-whitening).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help=WIDTH_HELP)
 @click.option("--examples-per-file", type=click.IntRange(min=1), default=SelfSupervisedConfig.examples_per_recording, show_default=True,
               help="Self-supervised: (clean window, augmented excerpt) examples per recording.")
 @click.option("--database-seconds", default=_range_text(SelfSupervisedConfig.database_seconds), show_default=True, help="Self-supervised: clean window length, MIN:MAX.")
@@ -724,7 +745,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train(sources, model_spec, output, annotation, video_list, labels, steps, batch_size, margin, reg_weight, lr,
-          hard_margin, max_segments, whitening, shrinkage, examples_per_file, database_seconds, query_seconds,
+          hard_margin, max_segments, whitening, shrinkage, width, examples_per_file, database_seconds, query_seconds,
           max_seconds, long_fraction, long_database_seconds, short_query_seconds, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
           device, float16, as_json):
     """Train the AuSiL head (attention, comparator; whitening fitted) with the backbone frozen.
@@ -750,7 +771,8 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
         relevant_labels=tuple(l.strip() for l in labels.split(",") if l.strip()),
         config=TrainConfig(steps=steps, batch_size=batch_size, margin=margin, regularisation=reg_weight, lr=lr,
                            hard_negative_margin=hard_margin, max_segments=max_segments,
-                           train_whitening=whitening == "train", seed=seed, checkpoint_every=checkpoint_every),
+                           train_whitening=whitening == "train", width=width, seed=seed,
+                           checkpoint_every=checkpoint_every),
         self_supervised=SelfSupervisedConfig(examples_per_recording=examples_per_file,
                                              database_seconds=_seconds_range(database_seconds),
                                              query_seconds=_seconds_range(query_seconds),
@@ -961,6 +983,7 @@ def _report_model(model, as_json: bool, extra: dict | None = None) -> None:
         "identity": model.identity,
         "sha256": model.sha256,
         "descriptor_dim": model.metadata.get("descriptor_dim"),
+        "embedding_dim": model.head.width,
         "tensor_dtype": model.metadata.get("tensor_dtype", "float32"),
         "frontend": model.frontend.to_dict(),
         "parameters": counts,
@@ -971,7 +994,7 @@ def _report_model(model, as_json: bool, extra: dict | None = None) -> None:
         emit_json(info)
         return
     click.echo(f"{info['path']}\n  identity    {info['identity']}\n  sha256      {info['sha256']}")
-    click.echo(f"  descriptor  {info['descriptor_dim']} dims, tensors {info['tensor_dtype']}")
+    click.echo(f"  descriptor  {info['descriptor_dim']} dims, embedded {info['embedding_dim']}, tensors {info['tensor_dtype']}")
     click.echo(f"  parameters  backbone {counts['backbone']:,}, head {counts['head']:,}")
     fe = info["frontend"]
     click.echo(
