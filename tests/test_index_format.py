@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 import ausil_search
 from ausil_search.cli import cli
+from ausil_search.dedup import DedupStore
 from ausil_search.engine import SearchEngine, staging_dir
 from ausil_search.errors import IndexStoreError
 from ausil_search.model import AuSiLModel
@@ -120,6 +121,8 @@ def test_rebuild_converts_a_version_1_index_to_the_answers_of_a_fresh_one(v1_ind
     index_dir = tmp_path / "idx"
     shutil.copytree(v1_index, index_dir)
     before = records(index_dir)
+    with DedupStore(index_dir, "0" * 64) as dedup:  # a user's "not duplicates" decision survives the rebuild
+        dedup.add_decisions([("a" * 32, "b" * 32, {"decided": "today"})])
     result = run("index", "--rebuild", "--index", index_dir, "--workers", "0", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -128,6 +131,8 @@ def test_rebuild_converts_a_version_1_index_to_the_answers_of_a_fresh_one(v1_ind
     assert not staging_dir(index_dir).exists() and not any(tmp_path.glob(".idx.*"))
     with SegmentStore(index_dir / "segments", readonly=True) as store:
         assert store.format_version == 2 and store.dtype == np.int8
+    with DedupStore(index_dir, "1" * 64) as dedup:
+        assert list(dedup.decisions().values()) == [{"decided": "today"}]
     rebuilt, fresh = answers(index_dir, songs["queries"]), answers(fresh_index, songs["queries"])
     for got, want in zip(rebuilt, fresh):
         assert [path for path, _ in got] == [path for path, _ in want]
