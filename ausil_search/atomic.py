@@ -76,3 +76,26 @@ def atomic_output(path: str | os.PathLike[str], durable: bool = False, sole_writ
 def write_json_atomic(path: str | os.PathLike[str], payload: object, indent: int | None = 1) -> None:
     with atomic_output(path) as handle:
         handle.write(json.dumps(payload, indent=indent).encode("utf-8"))
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange_paths(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Swap two directory entries in one step (Linux `renameat2(RENAME_EXCHANGE)`), so that a crash
+    leaves either both as they were or both swapped. False where the system or the filesystem cannot
+    (the caller then needs a recoverable sequence of plain renames); other failures raise OSError."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        _fsync(Path(first).parent)
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(first))

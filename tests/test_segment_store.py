@@ -21,6 +21,7 @@ from ausil_search.stores import SegmentStore, VideoFile
 REPO = Path(__file__).resolve().parents[1]
 FLOAT16_TOLERANCE = 2.0**-11  # relative rounding error of float16
 FLOAT16_SUBNORMAL_ERROR = 2.0**-25  # absolute rounding error below float16's normal range
+INT8_ERROR = 0.5 / 127 * 1.0001  # int8 with a max-abs scale per row: half a step of a row whose values are in [0, 1)
 
 
 def make_video(
@@ -67,12 +68,12 @@ def test_segments_and_metadata_round_trip(tmp_path: Path) -> None:
                 assert getattr(record, name) == getattr(video, name)
             stored = store.segments(video_id)
             assert stored.dtype == np.float32 and stored.shape == segments.shape
-            np.testing.assert_allclose(stored, segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
-            assert not np.array_equal(stored, segments)  # it really is stored as float16
+            np.testing.assert_allclose(stored, segments, atol=INT8_ERROR)
+            assert not np.array_equal(stored, segments)  # it really is stored as int8 codes
             assert store.id_for_path(video.path) == video_id
             assert store.record_for_path(video.path) == record
         for stored, (_, segments, _) in zip(store.segments_many(result.ids[::-1]), items[::-1]):
-            np.testing.assert_allclose(stored, segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+            np.testing.assert_allclose(stored, segments, atol=INT8_ERROR)
         ids, vectors = store.all_globals()
         np.testing.assert_array_equal(ids, sorted(result.ids))
         np.testing.assert_array_equal(vectors, np.stack([g for _, _, g in items]))
@@ -84,7 +85,7 @@ def test_segments_and_metadata_round_trip(tmp_path: Path) -> None:
         assert stats.videos == 3
         assert stats.total_segments == 1 + 7 + 33
         assert stats.total_duration_s == pytest.approx(sum(v.duration_s for v, _, _ in items))
-        assert stats.disk_bytes > 41 * 2528 * 2
+        assert stats.disk_bytes > 41 * 2528
 
 
 def test_float32_option_is_exact(tmp_path: Path) -> None:
@@ -98,6 +99,27 @@ def test_float32_option_is_exact(tmp_path: Path) -> None:
         assert store.dtype == np.float32
 
 
+def test_float16_option_refuses_overflow_and_int8_keeps_each_rows_scale(tmp_path: Path) -> None:
+    video, segments, global_vector = make_video("/a.mkv", 3, seed=2, segment_dim=16, global_dim=8)
+    with SegmentStore(tmp_path / "half", dtype="float16") as store:
+        with pytest.raises(ValueError, match="overflow"):
+            store.add_videos([(video, segments * 1e6, global_vector)])
+        [video_id] = store.add_videos([(video, segments, global_vector)]).ids
+        np.testing.assert_allclose(store.segments(video_id), segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+    rows = segments * np.array([[1e-4], [1.0], [1e3]], np.float32)  # very different magnitudes per row
+    rows[0] = 0.0  # an all-zero row has no scale to take
+    rows[2, 5] = -2e3
+    with SegmentStore(tmp_path / "codes") as store:
+        assert store.dtype == np.int8
+        [video_id] = store.add_videos([(video, rows, global_vector)]).ids
+        stored = store.segments(video_id)
+    np.testing.assert_array_equal(stored[0], 0.0)
+    for row, want in zip(stored[1:], rows[1:]):
+        step = np.abs(want).max() / 127
+        assert np.abs(row - want).max() <= step / 2 * 1.0001
+        assert row[np.argmax(np.abs(want))] == pytest.approx(want[np.argmax(np.abs(want))], rel=1e-6)
+
+
 def test_ids_are_stable_across_reopen_and_never_reused(tmp_path: Path) -> None:
     path = tmp_path / "store"
     items = [make_video(f"/v/{i}.webm", 3, seed=i, segment_dim=16, global_dim=8) for i in range(4)]
@@ -105,7 +127,7 @@ def test_ids_are_stable_across_reopen_and_never_reused(tmp_path: Path) -> None:
         ids = store.add_videos(items).ids
     with SegmentStore(path, readonly=True) as store:
         assert [store.id_for_path(v.path) for v, _, _ in items] == ids
-        np.testing.assert_allclose(store.segments(ids[2]), items[2][1], rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+        np.testing.assert_allclose(store.segments(ids[2]), items[2][1], atol=INT8_ERROR)
     with SegmentStore(path) as store:
         assert store.remove([ids[-1]]) == [ids[-1]]
     with SegmentStore(path) as store:  # the highest id was removed, and a new process still skips it
@@ -128,7 +150,7 @@ def test_re_adding_a_path_replaces_it_under_a_new_id(tmp_path: Path) -> None:
         with pytest.raises(KeyError):
             store.segments(first.ids[0])
         assert store.get(result.ids[0]).fingerprint == changed[0].fingerprint
-        np.testing.assert_allclose(store.segments(result.ids[0]), changed[1], rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+        np.testing.assert_allclose(store.segments(result.ids[0]), changed[1], atol=INT8_ERROR)
         stats = store.stats()
         assert stats.total_segments == 6 + 9
         assert stats.total_duration_s == pytest.approx(6 * 1.01 + 0.37 + 9 * 1.01 + 0.37)
@@ -186,8 +208,9 @@ def test_invalid_input_is_rejected_before_writing(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="global"):
             store.add_videos([make_video("/v/g", 2, 3, 16, 9)])
         video, segments, global_vector = make_video("/v/big", 2, 4, 16, 8)
+        segments[1, 3] = np.nan
         with pytest.raises(ValueError, match="finite"):
-            store.add_videos([(video, segments * 1e6, global_vector)])  # overflows float16
+            store.add_videos([(video, segments, global_vector)])
         assert len(store) == 1
     with pytest.raises(IndexStoreError, match="no segment store"):
         SegmentStore(tmp_path / "missing", readonly=True)
@@ -203,11 +226,11 @@ def test_map_grows_automatically(tmp_path: Path) -> None:
         for start in range(0, 12, 4):
             store.add_videos(items[start : start + 4])
         stats = store.stats()
-        assert stats.map_size_bytes > 12 * 100 * 2528 * 2 > initial
+        assert stats.map_size_bytes > 12 * 100 * (2528 + 4) > initial  # int8 codes and a float32 scale per row
     with SegmentStore(tmp_path / "store", readonly=True) as store:
         assert len(store) == 12
         for record, (_, segments, _) in zip(store.iter_records(), items):
-            np.testing.assert_allclose(store.segments(record.id), segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+            np.testing.assert_allclose(store.segments(record.id), segments, atol=INT8_ERROR)
 
 
 def test_reader_follows_a_map_grown_by_another_process(tmp_path: Path) -> None:
@@ -231,7 +254,7 @@ def test_reader_follows_a_map_grown_by_another_process(tmp_path: Path) -> None:
         assert writer.returncode == 0, err
         assert int(out) > 8 * 300 * 2528 * 2
         assert len(reader) == 9
-        assert np.allclose(reader.segments(reader.id_for_path("/v/8")), 0.8, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+        assert np.allclose(reader.segments(reader.id_for_path("/v/8")), 0.8, atol=INT8_ERROR)
 
 
 def test_concurrent_readers_survive_the_writer_growing_the_map(tmp_path: Path) -> None:
@@ -377,7 +400,7 @@ for b in range(10_000):
             video, want_segments, want_global = expected[record.path]
             assert record.fingerprint == video.fingerprint and record.n_segments == len(want_segments)
             assert store.id_for_path(record.path) == record.id
-            np.testing.assert_allclose(segments, want_segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+            np.testing.assert_allclose(segments, want_segments, atol=INT8_ERROR)
             np.testing.assert_array_equal(store.globals([record.id])[0], want_global)
         stats = store.stats()
         assert stats.videos == len(records)
@@ -433,7 +456,7 @@ def test_failed_commit_leaves_earlier_batches_intact(tmp_path: Path) -> None:
         assert len(store) == int(failed_batch)  # the seed video + batches 1 .. failed - 1
         assert store.id_for_path(f"/v/{failed_batch}") is None
         last = store.id_for_path(f"/v/{int(failed_batch) - 1}")
-        assert np.allclose(store.segments(last), (int(failed_batch) - 1) / 100, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+        assert np.allclose(store.segments(last), (int(failed_batch) - 1) / 100, atol=INT8_ERROR)
         store.add_videos([make_video(f"/v/{failed_batch}", 400, 1, 2528, 8)])
         assert len(store) == int(failed_batch) + 1
 
@@ -454,7 +477,7 @@ def test_hdf5_export_import_round_trip(tmp_path: Path) -> None:
         assert group.attrs["path"] == "/v/5.mov"
         assert group.attrs["duration_s"] == items[5][0].duration_s
         assert group["features"].shape == (7, 2528)
-        np.testing.assert_allclose(group["features"][()], items[5][1], rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+        np.testing.assert_allclose(group["features"][()], items[5][1], atol=INT8_ERROR)
 
     with SegmentStore(tmp_path / "copy", dtype="float32") as copy:
         result = copy.import_hdf5(exported, batch_size=5)
@@ -464,9 +487,14 @@ def test_hdf5_export_import_round_trip(tmp_path: Path) -> None:
             assert record is not None
             for name in ("size", "mtime_ns", "fingerprint", "duration_s", "extra"):
                 assert getattr(record, name) == getattr(video, name)
-            np.testing.assert_allclose(copy.segments(record.id), segments, rtol=FLOAT16_TOLERANCE, atol=FLOAT16_SUBNORMAL_ERROR)
+            np.testing.assert_allclose(copy.segments(record.id), segments, atol=INT8_ERROR)
             np.testing.assert_array_equal(copy.globals([record.id])[0], global_vector)
         assert copy.import_hdf5(exported).replaced == result.ids  # importing again replaces by path
+    with SegmentStore(tmp_path / "source", readonly=True) as source, SegmentStore(tmp_path / "codes") as codes:
+        codes.import_hdf5(exported)  # int8 values exported as floats come back as the same codes
+        for video, _, _ in items[1:]:
+            np.testing.assert_array_equal(codes.segments(codes.id_for_path(video.path)),
+                                          source.segments(source.id_for_path(video.path)))
 
     not_an_export = tmp_path / "other.h5"
     with h5py.File(not_an_export, "w") as file:

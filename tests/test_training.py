@@ -229,6 +229,48 @@ def test_fit_whitening_reads_whole_recordings_when_no_limit_is_given(recordings,
     assert not torch.equal(whitened.head.pca_weights, torch.eye(whitened.head.pca_weights.shape[0]))
 
 
+def test_train_width_narrows_the_head_from_cached_descriptors(pool_setup, recordings, tmp_path):
+    """`train --width D` keeps the top D whitening components, with the descriptors from an existing cache."""
+    _, _, _, cache_path = pool_setup
+    start = tmp_path / "start.safetensors"
+    AuSiLModel.initialise(seed=7).save(start)
+    out = tmp_path / "narrow.safetensors"
+    result = CliRunner().invoke(cli, [
+        "train", str(recordings), "--model", str(start), "-o", str(out), "--steps", "3", "--batch", "4",
+        "--width", "48", "--cache", str(cache_path), "--examples-per-file", "2", "--database-seconds", "9:11",
+        "--query-seconds", "6:7", "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["extraction"]["segments_extracted"] == 0 and report["whitening"]["width"] == 48
+    narrow = AuSiLModel.load(out)
+    assert tuple(narrow.head.pca_weights.shape) == (2528, 48) and tuple(narrow.head.context.shape) == (48,)
+    assert narrow.metadata["training"]["config"]["width"] == 48
+    segments = torch.from_numpy(np.random.default_rng(1).standard_normal((6, 2528)).astype(np.float32))
+    assert tuple(narrow.head.embed(segments).shape) == (6, 48)
+
+
+def test_fit_whitening_width_keeps_the_leading_components(tmp_path):
+    rng = np.random.default_rng(3)
+    files = []
+    for k in range(2):
+        files.append(tmp_path / f"f{k}.npz")
+        np.savez(files[-1], features=rng.standard_normal((150, 2528)).astype(np.float32) * np.geomspace(5, 0.1, 2528))
+    model_path = tmp_path / "init.safetensors"
+    AuSiLModel.initialise(seed=2).save(model_path)
+    full, narrow = tmp_path / "full.safetensors", tmp_path / "narrow.safetensors"
+    for out, extra in ((full, []), (narrow, ["--width", "32"])):
+        result = CliRunner().invoke(cli, ["fit-whitening", *map(str, files), "--model", str(model_path), "-o", str(out),
+                                          "--json", *extra])
+        assert result.exit_code == 0, result.output
+    wide, thin = AuSiLModel.load(full).head, AuSiLModel.load(narrow).head
+    assert wide.width == 2528 and thin.width == 32
+    torch.testing.assert_close(thin.pca_weights, wide.pca_weights[:, :32])
+    too_wide = CliRunner().invoke(cli, ["fit-whitening", str(files[0]), "--model", str(model_path), "-o",
+                                        str(tmp_path / "x.safetensors"), "--width", "3000"])
+    assert too_wide.exit_code == 1 and "width" in too_wide.output and "Traceback" not in too_wide.output
+
+
 def test_old_import_paths_still_work():
     import ausil_search.backbone_training as old_backbone
     import ausil_search.training as old_head

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,10 +16,13 @@ from .progress import ProgressDisplay
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None, help=INDEX_HELP + "  [default: indexes/default]")
 @click.option("--model", "model_spec", default=None, help=MODEL_HELP + " An existing index keeps the model it was built with.")
 @click.option("--prune", is_flag=True, help="Also remove entries under PATHS whose files are gone.")
+@click.option("--rebuild", is_flag=True,
+              help="Extract every file of the index again into a new index of this version (same paths and ids) "
+                   "and swap it in; converts an index of an older format. No PATHS. Resumes if interrupted.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: cores − 1; 0 = in-process).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Segments per backbone batch (default: 16 on CPU, 64 on GPU).")
@@ -26,21 +30,34 @@ from .progress import ProgressDisplay
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
               help="Videos per store commit (also committed every 10 s); an interruption loses at most one batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, as_json):
+def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_size, precision, commit_every, as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
     committed stays searchable and a rerun picks up where it stopped. Unusable files are reported
-    and skipped.
+    and skipped. --rebuild (without PATHS) extracts the files of an index again, e.g. to convert an
+    index of an older format.
     """
-    from ..search.engine import SearchEngine
+    from ..search.dedup import carry_decisions
+    from ..search.engine import SearchEngine, rebuild_index
 
-    engine = SearchEngine(index_dir or default_index(), model_spec, writable=True, device=device,
-                          workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
-    print_warnings(engine)
-    with engine, ProgressDisplay() as progress:
-        report = engine.index_paths(paths, prune=prune, progress=progress)
-        info = engine.info()
+    if rebuild == bool(paths) or (rebuild and prune):
+        raise click.UsageError("give PATHS to index, or --rebuild (without PATHS or --prune) to rebuild the index")
+    index_dir = index_dir or default_index()
+    options = {"device": device, "workers": workers, "batch_size": batch_size, "precision": precision,
+               "commit_every": commit_every}
+    with ProgressDisplay() as progress:
+        if rebuild:
+            report = rebuild_index(index_dir, model_spec, progress=progress, before_swap=carry_decisions, **options)
+            engine = None if report.interrupted else SearchEngine(index_dir, model_spec)
+        else:
+            engine = SearchEngine(index_dir, model_spec, writable=True, **options)
+            print_warnings(engine)
+        with engine or contextlib.nullcontext():
+            if not rebuild:
+                report = engine.index_paths(paths, prune=prune, progress=progress)
+            info = engine.info() if engine else {"index": str(index_dir), "videos": report.added,
+                                                 "duration_s": report.audio_seconds}
     if as_json:
         emit_json({**report.to_dict(), "index": info})
     else:

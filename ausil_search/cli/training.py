@@ -11,6 +11,9 @@ from ..train.configs import BackboneTrainConfig, SelfSupervisedConfig, TrainConf
 from .base import DEVICE_HELP, MODEL_HELP, cli, emit_json
 from .progress import ProgressDisplay
 
+WIDTH_HELP = ("Keep the whitening's top N components: a narrower head whose indexes store smaller segments "
+              "(default: all, 2528).")
+
 
 def _range_text(bounds: tuple[float, float]) -> str:
     return f"{bounds[0]:g}:{bounds[1]:g}"
@@ -67,9 +70,10 @@ def _recorded_command() -> str:
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Covariance shrinkage towards μ·I; default: Ledoit–Wolf, at least dims/(segments + dims).")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=None, help="Read at most this much of each file.")
+@click.option("--width", type=click.IntRange(min=1), default=None, help=WIDTH_HELP)
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_seconds, device, as_json):
+def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_seconds, width, device, as_json):
     """Fit the PCA whitening of a model to the segments of SOURCES (media folders, files, path lists, .npz).
 
     The rest of the model is unchanged; the output records what the whitening was fitted on.
@@ -80,7 +84,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
     with ProgressDisplay() as progress:
         fitted = fit_whitening_model(
             load_model(model_spec), sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds,
-            device, progress=progress, command=_recorded_command(),
+            device, progress=progress, command=_recorded_command(), width=width,
         )
     fitted.model.save(output)
     summary = {**fitted.report, "output": str(output), "model": fitted.model.identity}
@@ -88,7 +92,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
         emit_json(summary)
     else:
         click.echo(f"whitening fitted on {summary['segments']} segments of {summary['files']} files "
-                   f"(shrinkage {summary['shrinkage']:.3f}) → {output}")
+                   f"(shrinkage {summary['shrinkage']:.3f}), width {summary['width']} → {output}")
 
 
 @cli.command()
@@ -113,6 +117,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default="fit", show_default=True,
               help="fit: from the training segments, then fixed; keep: the input model's; train: fit, then fine-tune.")
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None, help="Whitening shrinkage (see fit-whitening).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help=WIDTH_HELP)
 @click.option("--examples-per-file", type=click.IntRange(min=1), default=SelfSupervisedConfig.examples_per_recording, show_default=True,
               help="Self-supervised: (clean window, augmented excerpt) examples per recording.")
 @click.option("--database-seconds", default=_range_text(SelfSupervisedConfig.database_seconds), show_default=True, help="Self-supervised: clean window length, MIN:MAX.")
@@ -139,7 +144,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train(sources, model_spec, output, annotation, video_list, labels, steps, batch_size, margin, reg_weight, lr,
-          hard_margin, max_segments, whitening, shrinkage, examples_per_file, database_seconds, query_seconds,
+          hard_margin, max_segments, whitening, shrinkage, width, examples_per_file, database_seconds, query_seconds,
           max_seconds, long_fraction, long_database_seconds, short_query_seconds, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
           device, float16, as_json):
     """Train the AuSiL head (attention, comparator; whitening fitted) with the backbone frozen.
@@ -165,7 +170,8 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
         relevant_labels=tuple(l.strip() for l in labels.split(",") if l.strip()),
         config=TrainConfig(steps=steps, batch_size=batch_size, margin=margin, regularisation=reg_weight, lr=lr,
                            hard_negative_margin=hard_margin, max_segments=max_segments,
-                           train_whitening=whitening == "train", seed=seed, checkpoint_every=checkpoint_every),
+                           train_whitening=whitening == "train", width=width, seed=seed,
+                           checkpoint_every=checkpoint_every),
         self_supervised=SelfSupervisedConfig(examples_per_recording=examples_per_file,
                                              database_seconds=_seconds_range(database_seconds),
                                              query_seconds=_seconds_range(query_seconds),

@@ -93,6 +93,7 @@ def _report_model(model, as_json: bool, extra: dict | None = None) -> None:
         "identity": model.identity,
         "sha256": model.sha256,
         "descriptor_dim": model.metadata.get("descriptor_dim"),
+        "embedding_dim": model.head.width,
         "tensor_dtype": model.metadata.get("tensor_dtype", "float32"),
         "frontend": model.frontend.to_dict(),
         "parameters": counts,
@@ -103,7 +104,7 @@ def _report_model(model, as_json: bool, extra: dict | None = None) -> None:
         emit_json(info)
         return
     click.echo(f"{info['path']}\n  identity    {info['identity']}\n  sha256      {info['sha256']}")
-    click.echo(f"  descriptor  {info['descriptor_dim']} dims, tensors {info['tensor_dtype']}")
+    click.echo(f"  descriptor  {info['descriptor_dim']} dims, embedded {info['embedding_dim']}, tensors {info['tensor_dtype']}")
     click.echo(f"  parameters  backbone {counts['backbone']:,}, head {counts['head']:,}")
     fe = info["frontend"]
     click.echo(

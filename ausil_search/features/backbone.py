@@ -194,10 +194,14 @@ class SegmentEncoder:
         The stream is regrouped into full batches of `batch_size`, whatever its chunking.
         """
         outputs = [np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)]
-        with torch.inference_mode():
-            for batch in _regroup(batches, self.batch_size):
-                outputs.append(self._encode_batch(batch))
+        outputs += self.iter_encode_batches(batches)
         return np.concatenate(outputs, axis=0)
+
+    def iter_encode_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`encode_batches` one batch of descriptors at a time, for callers that consume them as they come."""
+        for batch in _regroup(batches, self.batch_size):
+            with torch.inference_mode():
+                yield self._encode_batch(batch)
 
     def _encode_batch(self, segments: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32)).to(self.device)

@@ -2,7 +2,9 @@
 
 Decoding and spectrograms run in worker processes while the backbone runs batched in the main
 process, so the two overlap. Long files travel from a worker as a temporary `.npy` that the main
-process memory-maps and feeds to the backbone batch by batch, which keeps memory bounded.
+process reads and feeds to the backbone batch by batch, and a caller that wants less than the
+descriptors (the indexer: compact embedded segments) consumes them batch by batch too, so memory
+stays bounded whatever the file's length.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -29,6 +31,38 @@ from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, segm
 INLINE_FRAMES_MAX = 52_000
 
 
+class SpilledFrames:
+    """The frames of a spilled log-mel `.npy`, read by plain file reads as they are sliced.
+
+    A memory map of the file would do the same, but every page it touched would count in this
+    process's resident memory until unmapped: a 3-hour file's whole log-mel (~0.5 GB).
+    """
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, fortran_order, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                           else np.lib.format.read_array_header_2_0)(handle)
+            self._offset = handle.tell()
+        if fortran_order or len(shape) != 2 or dtype != np.float32:
+            raise ValueError(f"{path}: not a C-order float32 (frames, mels) array")
+        self.path, self.shape, self.dtype, self.ndim = path, shape, dtype, 2
+        self._row_bytes = shape[1] * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("spilled frames are read in contiguous runs")
+        count = max(0, stop - start)
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset + start * self._row_bytes)
+            data = handle.read(count * self._row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(count, self.shape[1])
+
+
 @dataclass
 class LogMel:
     """A file's log-mel spectrogram, in memory or in a temporary `.npy` owned by this object."""
@@ -37,22 +71,36 @@ class LogMel:
     spill_path: str | None
     duration_s: float
 
-    def array(self) -> np.ndarray:
-        return self.frames if self.frames is not None else np.load(self.spill_path, mmap_mode="r")
+    def array(self) -> np.ndarray | SpilledFrames:
+        return self.frames if self.frames is not None else SpilledFrames(self.spill_path)
 
     def release(self) -> None:
         if self.spill_path:
             Path(self.spill_path).unlink(missing_ok=True)
 
 
+class DescriptorSink(Protocol):
+    """Takes one file's descriptors batch by batch (in order) and makes what the caller keeps of them."""
+
+    def add(self, descriptors: np.ndarray) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+# Makes the sink of a file from its number of segments.
+SinkFactory = Callable[[int], DescriptorSink]
+
+
 @dataclass
 class ExtractedVideo:
-    """The outcome for one input: descriptors, or the one-line reason it was skipped."""
+    """The outcome for one input: descriptors (or what a sink made of them), or the one-line reason
+    it was skipped."""
 
     path: Path
     descriptors: np.ndarray | None = None
     duration_s: float = 0.0
     error: str | None = None
+    consumed: Any = None  # the sink's `finish()` when the run was given a sink factory
 
     @property
     def ok(self) -> bool:
@@ -138,23 +186,37 @@ class Extractor:
     def device(self):
         return self.encoder.device
 
-    def encode_log_mel(self, log_mel: LogMel) -> np.ndarray:
+    def encode_log_mel(self, log_mel: LogMel, sink: SinkFactory | None = None) -> np.ndarray | Any:
+        """The descriptors of a log-mel, or, with `sink`, what a sink fed them batch by batch made of them."""
         try:
             array = log_mel.array()
-            if segment_count(len(array), self.frontend) == 0:
+            n_segments = segment_count(len(array), self.frontend)
+            if n_segments == 0:
                 raise InputError("no segments")
-            return self.encoder.encode_batches(iter_segment_batches(array, self.frontend, self.batch_size))
+            batches = iter_segment_batches(array, self.frontend, self.batch_size)
+            if sink is None:
+                return self.encoder.encode_batches(batches)
+            consumer = sink(n_segments)
+            for descriptors in self.encoder.iter_encode_batches(batches):
+                consumer.add(descriptors)
+            return consumer.finish()
         finally:
             log_mel.release()
 
-    def descriptors(self, path: Path) -> ExtractedVideo:
+    def _extracted(self, path: Path, log_mel: LogMel, sink: SinkFactory | None) -> ExtractedVideo:
+        encoded = self.encode_log_mel(log_mel, sink)
+        if sink is None:
+            return ExtractedVideo(path, encoded, log_mel.duration_s)
+        return ExtractedVideo(path, None, log_mel.duration_s, consumed=encoded)
+
+    def descriptors(self, path: Path, sink: SinkFactory | None = None) -> ExtractedVideo:
         """One file, in this process (queries); raises InputError for unusable media."""
         with ScratchDir() as scratch:
-            log_mel = compute_log_mel(Path(path), self.frontend, str(scratch))
-            return ExtractedVideo(Path(path), self.encode_log_mel(log_mel), log_mel.duration_s)
+            return self._extracted(Path(path), compute_log_mel(Path(path), self.frontend, str(scratch)), sink)
 
-    def run(self, paths: Iterable[Path]) -> Iterator[ExtractedVideo]:
+    def run(self, paths: Iterable[Path], sink: SinkFactory | None = None) -> Iterator[ExtractedVideo]:
         """Every path in order; files that fail are yielded with `error` set instead of raising.
+        With `sink`, each file's descriptors go batch by batch to a sink made for it (`consumed`).
 
         Workers die with this process (even on SIGKILL), ignore Ctrl-C (this process stops the
         run and ends them), and spill into a scratch directory that a later run removes if this
@@ -164,7 +226,7 @@ class Extractor:
         if self.workers == 0 or len(paths) <= 1:
             for path in paths:
                 try:
-                    yield self.descriptors(path)
+                    yield self.descriptors(path, sink)
                 except (InputError, OSError) as exc:  # as in a worker: one file never stops the run
                     yield ExtractedVideo(path, error=_failure(path, exc))
             return
@@ -190,7 +252,7 @@ class Extractor:
                     if isinstance(outcome, str):
                         yield ExtractedVideo(path, error=outcome)
                         continue
-                    yield ExtractedVideo(path, self.encode_log_mel(outcome), outcome.duration_s)
+                    yield self._extracted(path, outcome, sink)
                 finished = True
             finally:
                 workers = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them

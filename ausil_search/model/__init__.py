@@ -16,7 +16,7 @@ from ..features.backbone import DESCRIPTOR_DIM, WeakMxH64
 from ..errors import WeightsError
 from .head import AuSiLHead
 from ..features.spectrogram import FrontEnd
-from .weights.model_file import load_model_file, save_model_file
+from .weights.model_file import head_width, load_model_file, save_model_file
 from .weights.official import cache_dir
 
 OFFICIAL_MODEL_FILE = "ausil-official.safetensors"
@@ -55,7 +55,8 @@ class AuSiLModel:
     def load(cls, path: Path) -> "AuSiLModel":
         model_file = load_model_file(Path(path))
         meta = model_file.metadata
-        backbone, head = WeakMxH64(), AuSiLHead.identity(int(meta.get("descriptor_dim", DESCRIPTOR_DIM)))
+        backbone = WeakMxH64()
+        head = AuSiLHead.identity(int(meta.get("descriptor_dim", DESCRIPTOR_DIM)), width=head_width(model_file.tensors))
         parts = {"backbone.": {}, "head.": {}}
         for key, tensor in model_file.tensors.items():
             for prefix, bucket in parts.items():

@@ -1,8 +1,10 @@
 """The AuSiL similarity head: whitening, attention, comparator CNN and Chamfer similarity.
 
-Parameter names are the model-file keys (under a `head.` prefix): `pca_mean`, `pca_weights`,
-`context`, `comparator.{conv1,conv2,conv3,fconv}.{weight,bias}`. All functions are device-agnostic:
-they run where their input tensors live.
+Parameter names are the model-file keys (under a `head.` prefix): `pca_mean` (dim), `pca_weights`
+(dim, width), `context` (width), `comparator.{conv1,conv2,conv3,fconv}.{weight,bias}`. The width of
+the embedded segments may be below the descriptor's (a whitening that keeps only its top
+components), which makes the stored segments smaller; the comparator does not depend on it. All
+functions are device-agnostic: they run where their input tensors live.
 """
 
 from __future__ import annotations
@@ -145,23 +147,35 @@ class AuSiLHead(nn.Module):
         self,
         dim: int = DESCRIPTOR_DIM,
         *,
+        width: int | None = None,
         use_whitening: bool = True,
         use_attention: bool = True,
         use_comparator: bool = True,
     ) -> None:
         super().__init__()
+        width = dim if width is None else width
+        if not 1 <= width <= dim:
+            raise ValueError(f"the head's width must be in [1, {dim}], got {width}")
+        if width < dim and not use_whitening:
+            raise ValueError("a head narrower than its descriptors needs whitening (the projection that narrows it)")
         self.pca_mean = nn.Parameter(torch.zeros(dim), requires_grad=False)
-        self.pca_weights = nn.Parameter(torch.eye(dim), requires_grad=False)
-        self.context = nn.Parameter(torch.zeros(dim))
+        self.pca_weights = nn.Parameter(torch.eye(dim)[:, :width].clone(), requires_grad=False)
+        self.context = nn.Parameter(torch.zeros(width))
         self.comparator = VideoComparator()
         self.use_whitening = use_whitening
         self.use_attention = use_attention
         self.use_comparator = use_comparator
 
+    @property
+    def width(self) -> int:
+        """Width of the embedded segments (the whitening's output)."""
+        return self.pca_weights.shape[1]
+
     @classmethod
-    def identity(cls, dim: int = DESCRIPTOR_DIM, seed: int | None = None, **flags: bool) -> AuSiLHead:
+    def identity(cls, dim: int = DESCRIPTOR_DIM, seed: int | None = None, width: int | None = None,
+                 **flags: bool) -> AuSiLHead:
         """A neutral head (no whitening, every attention weight 0.5), Keras-initialised comparator."""
-        head = cls(dim, **flags)
+        head = cls(dim, width=width, **flags)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         head.comparator.reset_keras_style(generator)
         return head
@@ -170,8 +184,33 @@ class AuSiLHead(nn.Module):
         """Replace the comparator by a near pass-through one (see `VideoComparator.reset_passthrough`)."""
         self.comparator.reset_passthrough(torch.Generator().manual_seed(seed) if seed is not None else None)
 
+    @torch.no_grad()
+    def set_whitening(self, mean: Tensor, weights: Tensor) -> None:
+        """Adopt a whitening (`mean` (dim,), `weights` (dim, width)), possibly of another width.
+
+        The attention context lives in the whitened space: a narrower head keeps its first
+        components (whitenings order them by variance), a wider one gets zeros (neutral) for the new.
+        """
+        width = weights.shape[1]
+        if mean.shape != self.pca_mean.shape or weights.shape[0] != self.pca_mean.shape[0] or width < 1:
+            raise ValueError(f"whitening of shape {tuple(mean.shape)}, {tuple(weights.shape)} does not fit "
+                             f"{self.pca_mean.shape[0]}-d descriptors")
+        context = torch.zeros(width, dtype=self.context.dtype, device=self.context.device)
+        kept = min(width, self.width)
+        context[:kept] = self.context[:kept]
+        device = self.pca_mean.device
+        self.pca_mean = nn.Parameter(mean.to(device, self.pca_mean.dtype).clone(), requires_grad=False)
+        self.pca_weights = nn.Parameter(weights.to(device, self.pca_weights.dtype).clone(), requires_grad=False)
+        self.context = nn.Parameter(context, requires_grad=self.context.requires_grad)
+
+    def truncate(self, width: int) -> None:
+        """Keep the whitening's first `width` components (see `set_whitening`)."""
+        if not 1 <= width <= self.width:
+            raise ValueError(f"cannot narrow a {self.width}-wide head to {width}")
+        self.set_whitening(self.pca_mean.detach(), self.pca_weights.detach()[:, :width])
+
     def embed(self, x: Tensor) -> Tensor:
-        """(N, dim) backbone descriptors -> (N, dim) embedded segments."""
+        """(N, dim) backbone descriptors -> (N, width) embedded segments."""
         return self.attend(self.whiten(x))
 
     def whiten(self, x: Tensor) -> Tensor:

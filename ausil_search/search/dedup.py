@@ -181,6 +181,25 @@ class DedupStore:
             return {bytes(key): json.loads(value) for key, value in txn.cursor()}
 
 
+def carry_decisions(old_index: Path, new_index: Path) -> int:
+    """Copy the user's "not duplicates" decisions of an index into its rebuilt copy; returns the count.
+
+    They are keyed by content fingerprint, so they hold there as they are. Pair scores and progress
+    stay behind: the rebuilt index's segments are scored anew.
+    """
+    if not (Path(old_index) / DEDUP_DIR / "data.mdb").is_file():
+        return 0
+    with DedupStore(old_index, _ANY_MODEL) as old:
+        decisions = old.decisions()
+    if not decisions:
+        return 0
+    with DedupStore(new_index, _ANY_MODEL) as new:
+        return new.add_decisions((*key.decode().split("|", 1), details) for key, details in decisions.items())
+
+
+_ANY_MODEL = "0" * 64  # decisions are not per model
+
+
 # --------------------------------------------------------------------------- results
 
 

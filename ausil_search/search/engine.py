@@ -2,15 +2,19 @@
 
 An index is one directory:
 - `manifest.json` — format version, the model's identity and front-end, dims, pooling;
-- `segments/` — the LMDB store (source of truth): per video its AuSiL-embedded segments, its
-  global descriptor and the file facts used to detect changes;
+- `segments/` — the LMDB store (source of truth): per video its AuSiL-embedded segments (at the
+  head's width, int8 with a scale per segment), its global descriptor and the file facts used to
+  detect changes;
 - `windows-<size>-<hop>.faiss` — the FAISS recall index of overlapping windows of each video's
-  segments (`stores/windows.py`), derived from the store and rebuilt from it when stale or missing;
-  its name carries the window layout, so a file of another layout (or the `global.faiss` of one
-  descriptor per video that came before windows) is never read: it is rebuilt and replaced.
+  segments (`stores/windows.py`, pooled from the decoded stored segments), derived from the store and
+  rebuilt from it when stale or missing; its name carries the window layout, so a file of another
+  layout (or the `global.faiss` of one descriptor per video that came before windows) is never read:
+  it is rebuilt and replaced.
 
 Videos are committed to the store in small batches, so an interrupted run keeps every committed
-batch and a rerun only processes what is missing or changed.
+batch and a rerun only processes what is missing or changed. An index of an older format version is
+refused with the command that converts it (`rebuild_index`: the same files extracted again into a
+new index that is swapped in atomically).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +36,7 @@ import torch
 from ..media.audio import probe
 from ..features.backbone import DESCRIPTOR_DIM
 from ..devices import pick_device
-from ..atomic import write_failure_reason, write_json_atomic
+from ..atomic import exchange_paths, write_failure_reason, write_json_atomic
 from ..errors import AusilError, IndexStoreError, InputError
 from ..features.extraction import Extractor
 from ..model import AuSiLModel, load_model, resolve_model_path
@@ -38,10 +44,12 @@ from ..media.scan import FileState, content_hash, describe_os_error, walk_media
 from ..features.scratch import sweep_stale_once
 from ..progress import Progress, Stage, silent
 from ..features.spectrogram import FrontEnd, segments_span_seconds
-from .stores import GlobalIndex, SegmentStore, VideoFile, VideoRecord
+from .stores import (GlobalIndex, PackedSegments, SegmentPacker, SegmentStore, StoreFormatError, VideoFile, VideoRecord,
+                     WriterLock)
 from .stores.windows import Pooling, WindowLayout
 
-INDEX_FORMAT_VERSION = 1
+# 2: compact (int8) segments, a head of any width. Older indexes are converted by `rebuild_index`.
+INDEX_FORMAT_VERSION = 2
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_ATTRIBUTE = "manifest"  # the store's copy of the manifest (SegmentStore attribute)
@@ -73,7 +81,8 @@ def pool_segments(embedded: torch.Tensor, pooling: Pooling) -> np.ndarray:
 def default_pooling(model: AuSiLModel) -> Pooling:
     """Mean for a model with a fitted whitening, max for one without (see `pool_segments`)."""
     weights = model.head.pca_weights
-    identity = torch.equal(weights.detach().cpu(), torch.eye(weights.shape[0], dtype=weights.dtype))
+    square = weights.shape[0] == weights.shape[1]
+    identity = square and torch.equal(weights.detach().cpu(), torch.eye(weights.shape[0], dtype=weights.dtype))
     return "max" if identity else "mean"
 
 
@@ -161,12 +170,16 @@ class SearchEngine:
         self.writable = writable
         self.device = pick_device(device)
         self.warnings: list[str] = []  # problems that did not stop the engine (a derived file not saved)
+        _finish_interrupted_swap(self.index_dir)
         manifest = self._read_manifest()
         store_dir = self.index_dir / SEGMENTS_DIR
         may_create = writable and create is not False
         if manifest is None and not may_create and not (store_dir / "data.mdb").is_file():
             raise self._no_index()
-        self.store = SegmentStore(store_dir, readonly=not writable)
+        try:
+            self.store = SegmentStore(store_dir, readonly=not writable)
+        except StoreFormatError as error:
+            raise format_version_error(self.index_dir, error.version) from None
         try:
             manifest = self._authoritative_manifest(manifest, may_create)
             self.model = model if isinstance(model, AuSiLModel) else self._load_model(model, manifest)
@@ -199,7 +212,7 @@ class SearchEngine:
 
     def load_recall_index(self) -> tuple[GlobalIndex, bool]:
         """The recall index in step with the store, and whether it differs from the file."""
-        return GlobalIndex.load_or_rebuild(self.global_path, self.store, self.layout, DESCRIPTOR_DIM)
+        return GlobalIndex.load_or_rebuild(self.global_path, self.store, self.layout, self.model.head.width)
 
     def _save_recall_index(self) -> None:
         """Save the recall index, then drop recall files of other layouts (derived data, now stale)."""
@@ -222,14 +235,14 @@ class SearchEngine:
             raise IndexStoreError(f"{path}: damaged manifest (not JSON)") from None
         except OSError as error:
             raise IndexStoreError(f"cannot read {path}: {error.strerror}") from None
-        return _validated_manifest(manifest, str(path))
+        return _validated_manifest(manifest, str(path), self.index_dir)
 
     def _authoritative_manifest(self, manifest: dict | None, may_create: bool) -> dict | None:
         """The store's own copy of the manifest when it has one: it describes the vectors the store
         holds, whatever happened to manifest.json. None for a new index."""
         recorded = self.store.get_attribute(MANIFEST_ATTRIBUTE)
         if recorded is not None:
-            return _validated_manifest(recorded, f"the manifest recorded in {self.store.path}")
+            return _validated_manifest(recorded, f"the manifest recorded in {self.store.path}", self.index_dir)
         if manifest is not None:
             return manifest  # an index from before the store kept a copy
         if len(self.store):
@@ -308,19 +321,9 @@ class SearchEngine:
         with torch.inference_mode():
             return self.model.head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)).to(self.device))
 
-    def embed_for_store(self, descriptors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stored segments (in the store's dtype) and the pooled global descriptor.
-
-        Embeds in chunks so that a long file never holds a second float32 copy of its matrix.
-        """
-        parts, pooled = [], None
-        for start in range(0, len(descriptors), EMBED_CHUNK):
-            embedded = self.embed(descriptors[start:start + EMBED_CHUNK])
-            parts.append(embedded.float().cpu().numpy().astype(self.store.dtype, copy=False))
-            part = embedded.sum(0) if self.pooling == "mean" else embedded.amax(0)
-            pooled = part if pooled is None else (pooled + part if self.pooling == "mean" else torch.maximum(pooled, part))
-        pooled = pooled / pooled.norm().clamp_min(1e-12)
-        return np.concatenate(parts), pooled.float().cpu().numpy()
+    def store_sink(self, n_segments: int) -> "StoreSink":
+        """What turns one video's descriptors, batch by batch, into its stored form (see `StoreSink`)."""
+        return StoreSink(self, n_segments)
 
     # ---------------------------------------------------------------- indexing
 
@@ -384,29 +387,44 @@ class SearchEngine:
         if touched:
             self.store.update_mtimes(touched)
         indexing = Stage(progress, "index", len(work))
+        self._extract_and_store([(path, state, content, known, None) for path, state, content, known in work],
+                                report, indexing, roots if prune else None)
+        report.seconds = time.perf_counter() - started
+        return report
 
-        batch: list[tuple[VideoFile, np.ndarray, np.ndarray]] = []
+    def _extract_and_store(
+        self,
+        work: Sequence[tuple[Path, FileState, str, bool, int | None]],
+        report: IndexReport,
+        indexing: Stage,
+        prune_roots: Sequence[Path] | None = None,
+    ) -> None:
+        """Extract `(path, state, content hash, already stored, id to keep or None)` files and commit
+        them in batches, counting each file on `indexing`; an interruption (Ctrl-C) or an error keeps
+        what was extracted."""
+        batch: list[tuple[VideoFile, PackedSegments, np.ndarray]] = []
+        batch_ids: list[int | None] = []
         replacing = 0
         last_commit = time.monotonic()
 
         def commit() -> None:
-            nonlocal batch, replacing, last_commit
+            nonlocal batch, batch_ids, replacing, last_commit
             if batch:
-                self.store.add_videos(batch)
+                self.store.add_videos(batch, None if None in batch_ids else batch_ids)
                 report.updated += replacing
                 report.added += len(batch) - replacing
-            batch, replacing, last_commit = [], 0, time.monotonic()
+            batch, batch_ids, replacing, last_commit = [], [], 0, time.monotonic()
 
         with self._global_index_synced():  # what was committed is searchable, also after an interruption
             try:
-                details = {str(path): (state, content, known) for path, state, content, known in work}
-                for video in self.extractor().run([path for path, *_ in work]):
-                    state, content, known = details[str(video.path)]
+                details = {str(path): rest for path, *rest in work}
+                for video in self.extractor().run([path for path, *_ in work], sink=self.store_sink):
+                    state, content, known, keep_id = details[str(video.path)]
                     if not video.ok:
                         report.skipped[str(video.path)] = video.error or "unknown error"
                         indexing.advance(video.path, skipped=video.error or "unknown error")
                         continue
-                    segments, pooled = self.embed_for_store(video.descriptors)
+                    segments, pooled = video.consumed
                     record = VideoFile(
                         path=str(video.path),
                         size=state.size,
@@ -416,14 +434,15 @@ class SearchEngine:
                         extra={"indexed_at": round(time.time(), 3)},  # for `dedup --since`
                     )
                     batch.append((record, segments, pooled))
+                    batch_ids.append(keep_id)
                     replacing += int(known)
                     report.audio_seconds += video.duration_s
                     indexing.advance(video.path)
                     if len(batch) >= self.commit_every or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
                         commit()
                 commit()
-                if prune:
-                    report.removed = self._prune(roots)
+                if prune_roots is not None:
+                    report.removed = self._prune(prune_roots)
             except KeyboardInterrupt:
                 # Videos already extracted are kept; the caller learns of the interruption from the report.
                 commit()
@@ -432,6 +451,35 @@ class SearchEngine:
                 with contextlib.suppress(Exception):  # keep what was extracted, if the store still can
                     commit()
                 raise
+
+    def refill(self, records: Sequence[tuple[int, str]], progress: Progress = silent) -> IndexReport:
+        """Extract the files of another index's `(id, path)` records into this one under the same ids
+        (what `rebuild_index` does); records already here are kept, so an interrupted run resumes.
+
+        `progress` hears of two stages: `scan`, each record looked at (a file gone or unreadable
+        since it was indexed is reported as skipped), then `index`, each file that needed work."""
+        self._require_writable()
+        sweep_stale_once()
+        started = time.perf_counter()
+        report = IndexReport()
+        scan = Stage(progress, "scan", len(records))
+        work = []
+        for video_id, stored_path in records:
+            path = Path(stored_path)
+            if self.store.id_for_path(stored_path) is not None:
+                report.unchanged += 1
+                scan.advance(path)
+                continue
+            try:
+                state = FileState.of(path)
+                content = content_hash(path)
+            except OSError as exc:  # gone or unreadable since it was indexed
+                report.skipped[stored_path] = describe_os_error(exc)
+                scan.advance(path, skipped=f"{path}: {describe_os_error(exc)}")
+                continue
+            scan.advance(path)
+            work.append((path, state, content, False, int(video_id)))
+        self._extract_and_store(work, report, Stage(progress, "index", len(work)))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -451,7 +499,7 @@ class SearchEngine:
                 if segments.ndim != 2 or len(segments) == 0:
                     raise ValueError(f"{record.path}: segments must be a non-empty (N, D) matrix, got {segments.shape}")
                 pooled = pool_segments(torch.from_numpy(segments.astype(np.float32)), self.pooling)
-                batch.append((record, segments.astype(self.store.dtype, copy=False), pooled))
+                batch.append((record, segments, pooled))
                 if len(batch) >= self.commit_every:
                     added += len(self.store.add_videos(batch).ids)
                     batch = []
@@ -593,14 +641,63 @@ class SearchEngine:
         self.close()
 
 
-def _validated_manifest(manifest: object, source: str) -> dict:
+class StoreSink:
+    """Embeds one video's descriptors chunk by chunk, packs them into the store's form as they come
+    and pools its global descriptor: a long file never has a float matrix of all its segments."""
+
+    def __init__(self, engine: SearchEngine, n_segments: int) -> None:
+        self._engine = engine
+        self._packer = SegmentPacker(str(engine.store.dtype), n_segments, engine.model.head.width)
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._pooled: torch.Tensor | None = None
+
+    def add(self, descriptors: np.ndarray) -> None:
+        self._pending.append(descriptors)
+        self._pending_rows += len(descriptors)
+        if self._pending_rows >= EMBED_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        chunk = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
+        embedded = self._engine.embed(chunk)
+        self._packer.add(embedded.float().cpu().numpy())
+        mean = self._engine.pooling == "mean"
+        part = embedded.sum(0) if mean else embedded.amax(0)
+        if self._pooled is not None:
+            part = self._pooled + part if mean else torch.maximum(self._pooled, part)
+        self._pooled = part
+
+    def finish(self) -> tuple[PackedSegments, np.ndarray]:
+        """(the packed segments, the L2-normalised global descriptor)."""
+        self._flush()
+        if self._pooled is None:
+            raise ValueError("a video without segments")
+        pooled = self._pooled / self._pooled.norm().clamp_min(1e-12)
+        return self._packer.packed(), pooled.float().cpu().numpy()
+
+
+def format_version_error(index_dir: Path, version: object) -> IndexStoreError:
+    """The one line for an index of another format version: how to convert an older one."""
+    if isinstance(version, int) and version > INDEX_FORMAT_VERSION:
+        return IndexStoreError(f"{index_dir} is an index of format version {version}; this program reads version "
+                               f"{INDEX_FORMAT_VERSION}: upgrade ausil-search")
+    return IndexStoreError(
+        f"{index_dir} is an index of format version {version}; this program reads version {INDEX_FORMAT_VERSION}: "
+        f"convert it with `ausil-search index --rebuild --index {shlex.quote(str(index_dir))}` "
+        "(keeps its files and ids, extracts them again)"
+    )
+
+
+def _validated_manifest(manifest: object, source: str, index_dir: Path) -> dict:
     """`manifest` if it is of this format and has every key the engine reads, else a one-line error."""
     if not isinstance(manifest, dict):
         raise IndexStoreError(f"{source}: damaged manifest (not a JSON object)")
     if manifest.get("format_version") != INDEX_FORMAT_VERSION:
-        raise IndexStoreError(
-            f"{source}: index format {manifest.get('format_version')}, this program reads {INDEX_FORMAT_VERSION}"
-        )
+        raise format_version_error(index_dir, manifest.get("format_version"))
     for key in REQUIRED_MANIFEST_KEYS:
         value: object = manifest
         for part in key.split("."):
@@ -608,6 +705,133 @@ def _validated_manifest(manifest: object, source: str) -> dict:
         if value is None:
             raise IndexStoreError(f"{source}: damaged manifest (no {key!r})")
     return manifest
+
+
+# ---------------------------------------------------------------- rebuilding an index
+
+RETIRED_MARK = ".retired"  # in an index directory: it is being (or was) swapped out by a rebuild
+
+
+def staging_dir(index_dir: Path) -> Path:
+    """Where `rebuild_index` builds the new index: beside the old one (one filesystem, so it can be swapped in)."""
+    return index_dir.parent / f".{index_dir.name}.rebuild"
+
+
+def _retired_dir(index_dir: Path) -> Path:
+    return index_dir.parent / f".{index_dir.name}.retired"
+
+
+def _finish_interrupted_swap(index_dir: Path) -> None:
+    """Complete a swap of plain renames (where the filesystem cannot exchange directories) that a
+    crash cut between its two renames: the index directory is missing and the new one is ready."""
+    staging, retired = staging_dir(index_dir), _retired_dir(index_dir)
+    if not index_dir.exists() and staging.is_dir() and retired.is_dir():
+        os.rename(staging, index_dir)
+
+
+def _swap_in(index_dir: Path, staging: Path) -> None:
+    """Put the finished index at `staging` in the place of `index_dir` atomically, then delete the old one.
+
+    The old directory is marked retired first, so that if a crash leaves it at the staging path
+    (after the exchange) the next rebuild discards it instead of resuming from it; it is renamed
+    out of the way before it is deleted, so that a crash while deleting leaves no half index there.
+    """
+    (index_dir / RETIRED_MARK).touch()
+    retired = _retired_dir(index_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+    if exchange_paths(staging, index_dir):
+        os.rename(staging, retired)
+    else:
+        os.rename(index_dir, retired)
+        os.rename(staging, index_dir)  # a crash just before this is finished by `_finish_interrupted_swap`
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _recorded_manifest(index_dir: Path, store: SegmentStore) -> dict:
+    """The manifest of an index of any format version, as recorded (not validated): {} when lost."""
+    recorded = store.get_attribute(MANIFEST_ATTRIBUTE)
+    if isinstance(recorded, dict):
+        return recorded
+    try:
+        manifest = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _built_by(index_dir: Path, model: AuSiLModel) -> bool:
+    """Whether a (partly built) index of this format version was started with `model`."""
+    try:
+        manifest = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format_version") == INDEX_FORMAT_VERSION
+            and (manifest.get("model") or {}).get("sha256") == model.sha256)
+
+
+def _model_for_rebuild(index_dir: Path, spec: AuSiLModel | str | Path | None, recorded: dict) -> AuSiLModel:
+    """The given model, else the one that built the index (its recorded file, or the default if that is it)."""
+    if isinstance(spec, AuSiLModel):
+        return spec
+    if spec is not None:
+        return load_model(spec)
+    built = recorded.get("model") or {}
+    path = Path(built.get("path") or "")
+    if built.get("path") and path.is_file():
+        candidate = AuSiLModel.load(path)
+        if candidate.sha256 == built.get("sha256"):
+            return candidate
+    default = load_model(None)
+    if not built or default.sha256 == built.get("sha256"):
+        return default
+    raise IndexStoreError(
+        f"{index_dir} was built with model {built.get('identity')}, whose file is not at {built.get('path')}: "
+        "pass --model with that file (or with another model to rebuild the index with it)"
+    )
+
+
+def rebuild_index(
+    index_dir: Path,
+    model: AuSiLModel | str | Path | None = None,
+    *,
+    progress: Progress = silent,
+    before_swap: Callable[[Path, Path], None] = lambda old, new: None,
+    **engine_options,
+) -> IndexReport:
+    """Extract every file of an index (of any format version) again into a new index of this
+    format, with the same paths and ids, and swap it in. `progress` hears of the stages of
+    `SearchEngine.refill` (`scan`, `index`).
+
+    The new index is built beside the old one (`staging_dir`) while the old one stays usable; a
+    rerun after an interruption or a crash resumes it. Only when it is complete does one atomic
+    directory exchange put it in place. Files that are gone or unusable now are reported in
+    `skipped` and left out. `before_swap(old, new)` copies what layers above the engine keep in the
+    index directory (the CLI: dedup decisions) into the finished new index. The old index's writer
+    lock is held throughout.
+    """
+    index_dir = Path(index_dir)
+    _finish_interrupted_swap(index_dir)
+    store_dir = index_dir / SEGMENTS_DIR
+    if not (store_dir / "data.mdb").is_file():
+        raise IndexStoreError(f"no index at {index_dir}: nothing to rebuild")
+    with WriterLock(store_dir):
+        (index_dir / RETIRED_MARK).unlink(missing_ok=True)  # a swap that did not happen
+        shutil.rmtree(_retired_dir(index_dir), ignore_errors=True)  # an old index a crash left half deleted
+        with SegmentStore(store_dir, readonly=True, any_version=True) as old:
+            recorded = _recorded_manifest(index_dir, old)
+            records = [(record.id, record.path) for record in old.iter_records()]
+        chosen = _model_for_rebuild(index_dir, model, recorded)
+        same_model = chosen.sha256 == (recorded.get("model") or {}).get("sha256")
+        staging = staging_dir(index_dir)
+        if staging.exists() and ((staging / RETIRED_MARK).exists() or not _built_by(staging, chosen)):
+            shutil.rmtree(staging)  # the old index of a finished rebuild, or a start with another model
+        engine_options.setdefault("pooling", recorded.get("pooling") if same_model else None)
+        with SearchEngine(staging, chosen, writable=True, **engine_options) as engine:
+            report = engine.refill(records, progress)
+        if not report.interrupted:
+            before_swap(index_dir, staging)
+            _swap_in(index_dir, staging)
+    return report
 
 
 def _spellings(paths: Iterable[Path]) -> list[Path]:
@@ -620,4 +844,4 @@ def _spellings(paths: Iterable[Path]) -> list[Path]:
     return list(out)
 
 
-__all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "resolve_model_path"]
+__all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "rebuild_index", "resolve_model_path"]

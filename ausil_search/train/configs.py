@@ -61,8 +61,13 @@ class TrainConfig:
     hard_negative_margin: float = 0.2  # d of the hard-negative rule
     max_segments: int = 64  # longer videos are cropped to a random run of this many segments per use
     train_whitening: bool = False  # also fine-tune the PCA mean and matrix
+    width: int | None = None  # keep the whitening's top `width` components (smaller stored segments); None: all
     seed: int = 0
     checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"width must be positive, got {self.width}")
 
     _RESUMABLE_CHANGES = ("steps", "checkpoint_every")
 

@@ -108,6 +108,7 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
     started = time.perf_counter()
     device = pick_device(job.device)
     checkpoint_to_use(job.checkpoint_dir, CHECKPOINT_FILE, job.resume)
+    check_width(model.head, job.config.width)
     if job.whitening not in ("fit", "keep"):
         raise ValueError(f"whitening must be 'fit' or 'keep', got {job.whitening!r}")
     cache = DescriptorCache(job.cache_path, backbone_fingerprint(model.backbone, model.frontend))
@@ -122,7 +123,10 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
     }
     train_pool, val_pool = split_pool(pool, validation_pairs(groups, job.val_fraction))
     head = model.head.to(device)
+    width = job.config.width
     if job.resume:
+        if width is not None:  # shaped like the checkpoint's head, which then overwrites it
+            narrow_head(head, width)
         trainer = HeadTrainer(head, train_pool, None, job.config, device, job.checkpoint_dir)
         trainer.load_checkpoint()
     else:
@@ -132,11 +136,11 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
             used = np.unique(np.concatenate([train_pool.pairs.ravel(), *train_pool.negatives]))
             fit = fit_whitening_report((pool.videos[i] for i in used), job.whitening_shrinkage)
             whitening.advance()
-            with torch.no_grad():
-                head.pca_mean.copy_(torch.from_numpy(fit.mean))
-                head.pca_weights.copy_(torch.from_numpy(fit.weights))
+            adopt_whitening(head, fit, width)
             head.use_whitening = True
-            extras["whitening"] = fit.summary()
+            extras["whitening"] = {**fit.summary(), "width": head.width}
+        elif width is not None:
+            narrow_head(head, width)
         mining_stage = Stage(progress, "mining", 1)
         features = global_features(head, pool.videos, device)
         hard, mining = mine_hard_negatives(train_pool, features, job.config.hard_negative_margin)
@@ -169,6 +173,28 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
     return report
 
 
+def check_width(head, width: int | None) -> None:
+    """Refuse a head width the descriptors cannot give, before any work is done."""
+    dim = head.pca_mean.shape[0]
+    if width is not None and not 1 <= width <= dim:
+        raise AusilError(f"width must be between 1 and {dim} (the descriptor's), got {width}")
+
+
+def adopt_whitening(head, fit, width: int | None = None) -> None:
+    """Give `head` the fitted whitening, keeping its top `width` components (all when None)."""
+    check_width(head, width)
+    weights = fit.weights if width is None else fit.weights[:, :width]
+    head.set_whitening(torch.from_numpy(fit.mean), torch.from_numpy(np.ascontiguousarray(weights)))
+
+
+def narrow_head(head, width: int) -> None:
+    """Keep the first `width` components of `head`'s whitening (a model's whitening, kept as it is)."""
+    if width > head.width:
+        raise AusilError(f"the model's head is {head.width} wide: it cannot be widened to {width} without a whitening fit")
+    if width < head.width:
+        head.truncate(width)
+
+
 def fit_model_whitening(
     model,
     sources: Sequence[Path],
@@ -178,13 +204,16 @@ def fit_model_whitening(
     device: str | None = None,
     precision: str = "fused",
     progress: Progress = silent,
+    width: int | None = None,
 ) -> dict:
-    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a summary.
+    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a
+    summary. `width` keeps only the top components (a narrower head, smaller stored segments).
 
     `progress` hears of the stages `extract` and `whitening`.
     """
     from ..devices import pick_device
 
+    check_width(model.head, width)
     paths = [Path(p) for p in sources if is_feature_file(Path(p))]
     media = [Path(p) for p in sources if not is_feature_file(Path(p))]
     if media:
@@ -204,11 +233,10 @@ def fit_model_whitening(
     whitening = Stage(progress, "whitening", 1)
     fit = fit_whitening_report(matrices, shrinkage)
     whitening.advance()
-    with torch.no_grad():
-        model.head.pca_mean.copy_(torch.from_numpy(fit.mean))
-        model.head.pca_weights.copy_(torch.from_numpy(fit.weights))
+    adopt_whitening(model.head, fit, width)
     return {
         **fit.summary(),
+        "width": model.head.width,
         "files": len(matrices),
         "extraction": {"segments_extracted": source.segments, "seconds": round(source.seconds, 2),
                        "segments_per_s": round(source.segments_per_second, 1), "cache_hits": source.cache_hits},
@@ -236,9 +264,11 @@ def train_head(model, job: TrainingJob, progress: Progress = silent, name: str |
 
 def fit_whitening_model(model, sources: Sequence[Path], cache_path: Path | None = None, shrinkage: float | None = None,
                         max_seconds: float | None = None, device: str | None = None, precision: str = "fused",
-                        progress: Progress = silent, command: str | None = None) -> TrainedModel:
+                        progress: Progress = silent, command: str | None = None,
+                        width: int | None = None) -> TrainedModel:
     """:func:`fit_model_whitening`, with the fit recorded in the model's metadata; the report is its summary."""
-    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, progress)
+    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, progress,
+                                  width)
     model.metadata.update({
         "version": f"{model.version}+w{summary['segments']}",
         "whitening": {k: v for k, v in summary.items() if k != "extraction"}

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..features.backbone import DESCRIPTOR_DIM
 from ..errors import AusilError
 from ..model.head import AuSiLHead, l2_normalize
 from .pools import TripletPool
@@ -16,7 +15,7 @@ from .pools import TripletPool
 
 def global_features(head: AuSiLHead, videos: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
     """One L2-normalised vector per video: the average of its embedded segments."""
-    out = np.zeros((len(videos), DESCRIPTOR_DIM), np.float32)
+    out = np.zeros((len(videos), head.width), np.float32)
     with torch.no_grad():
         for number, video in enumerate(videos):
             embedded = head.embed(torch.from_numpy(video).to(device))

@@ -27,11 +27,11 @@ FORMAT = "ausil-search-model"
 FORMAT_VERSION = 1
 METADATA_KEY = "ausil_search"
 
-# Head tensors every model file must carry, with their shapes (PCA used as x @ W, convs OIHW).
+# Head tensors every model file must carry, with their shapes (PCA used as x @ W, convs OIHW). The
+# whitening may keep only its top components: `pca_weights` (DESCRIPTOR_DIM, width) and `context`
+# (width,), the width read from the file (see `head_width`).
 REQUIRED_HEAD_TENSORS: dict[str, tuple[int, ...]] = {
     "head.pca_mean": (DESCRIPTOR_DIM,),
-    "head.pca_weights": (DESCRIPTOR_DIM, DESCRIPTOR_DIM),
-    "head.context": (DESCRIPTOR_DIM,),
     "head.comparator.conv1.weight": (32, 1, 3, 3),
     "head.comparator.conv1.bias": (32,),
     "head.comparator.conv2.weight": (64, 32, 3, 3),
@@ -84,9 +84,25 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def head_width(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Width of the head's embedded segments: the column count of its whitening (the full width when
+    the tensor is missing or not a matrix, which `_layout_problems` then reports)."""
+    weights = tensors.get("head.pca_weights")
+    if weights is None or weights.ndim != 2 or not 1 <= weights.shape[1] <= DESCRIPTOR_DIM:
+        return DESCRIPTOR_DIM
+    return int(weights.shape[1])
+
+
 def _layout_problems(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """What keeps `tensors` from being a model: missing or misshapen head or backbone signature tensors."""
-    required = {**REQUIRED_HEAD_TENSORS, **{BACKBONE_PREFIX + name: shape for name, shape in BACKBONE_SIGNATURE.items()}}
+    width = head_width(tensors)
+    required = {
+        "head.pca_mean": REQUIRED_HEAD_TENSORS["head.pca_mean"],
+        "head.pca_weights": (DESCRIPTOR_DIM, width),
+        "head.context": (width,),
+        **REQUIRED_HEAD_TENSORS,
+        **{BACKBONE_PREFIX + name: shape for name, shape in BACKBONE_SIGNATURE.items()},
+    }
     problems = []
     for name, shape in required.items():
         if name not in tensors:
@@ -105,7 +121,7 @@ def save_model_file(
     """Write a model file atomically; returns its SHA-256.
 
     `metadata` needs `name`, `version` and `frontend`; format fields, `descriptor_dim`,
-    `tensor_dtype` and (unless given) `created` are filled in. `dtype=torch.float16` stores the
+    `embedding_dim` (the head's width), `tensor_dtype` and (unless given) `created` are filled in. `dtype=torch.float16` stores the
     float tensors at half size; integer tensors (BatchNorm step counters) keep their type.
     """
     if dtype not in _STORED_DTYPES:
@@ -124,6 +140,7 @@ def save_model_file(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "descriptor_dim": DESCRIPTOR_DIM,
+        "embedding_dim": head_width(tensors),
         "created": metadata.get("created") or _dt.date.today().isoformat(),
         "tensor_dtype": str(stored_dtype).removeprefix("torch."),
     }

@@ -2,9 +2,11 @@
 
 from ausil_search.search.stores.global_index import GlobalIndex
 from ausil_search.search.stores.lock import WriterLock
+from ausil_search.search.stores.segment_codec import PackedSegments, SegmentPacker
 from ausil_search.search.stores.segment_store import (
     AddResult,
     SegmentStore,
+    StoreFormatError,
     StoreStats,
     VideoFile,
     VideoRecord,
@@ -13,7 +15,10 @@ from ausil_search.search.stores.segment_store import (
 __all__ = [
     "AddResult",
     "GlobalIndex",
+    "PackedSegments",
+    "SegmentPacker",
     "SegmentStore",
+    "StoreFormatError",
     "StoreStats",
     "VideoFile",
     "VideoRecord",

@@ -6,7 +6,8 @@ the FAISS file can always be rebuilt from here).
 
 Named sub-databases, all keyed by the video id as 8 big-endian bytes (so key order is id order):
   videos    id -> metadata JSON (path, size, mtime_ns, fingerprint, duration_s, n_segments, extra)
-  segments  id -> segment matrix, raw C-order bytes in the store's dtype (shape from the metadata)
+  segments  id -> segment matrix in the store's record form (`segment_codec`: int8 codes with a scale
+            per segment, or float16/float32 values; the width is the store's `segment_dim`)
   globals   id -> global descriptor, raw float32 bytes
   paths     blake2b-128(path bytes) -> id (LMDB keys are limited to 511 bytes, paths are not)
   meta      format version, next id, dtype, dimensions, running totals
@@ -39,9 +40,11 @@ import numpy as np
 from ausil_search.atomic import atomic_path, write_failure_reason
 from ausil_search.errors import IndexStoreError
 from ausil_search.search.stores.lock import MapGuard, WriterLock
+from ausil_search.search.stores.segment_codec import SEGMENT_DTYPES, PackedSegments, pack, unpack
 
-FORMAT_VERSION = 1
-SEGMENT_DTYPES = ("float16", "float32")
+# 2: int8 segments by default (version 1 stores hold float16 or float32 and are rebuilt, not read).
+FORMAT_VERSION = 2
+DEFAULT_SEGMENT_DTYPE = "int8"
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling; the file is sparse, only written pages use disk
 HDF5_FORMAT = "ausil-search-segments"
 
@@ -52,6 +55,14 @@ _ATTRIBUTE_PREFIX = b"attr:"  # meta keys of `get_attribute` values, apart from 
 # map size, the free DB (whose first field holds the page size), the main DB, last page, txn id.
 _LMDB_MAGIC = 0xBEEFC0DE
 _META_MAGIC_AT, _META_PAGE_SIZE_AT, _META_LAST_PAGE_AT, _META_TXNID_AT, _META_END = 16, 40, 136, 144, 152
+
+
+class StoreFormatError(IndexStoreError):
+    """The store was written in another format version (`version`)."""
+
+    def __init__(self, message: str, version: object) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,10 +155,11 @@ def _duration_us(duration_s: float) -> int:
 class SegmentStore:
     """LMDB store of per-video segment matrices, global descriptors and file facts.
 
-    `dtype` applies when the store is created (float16 halves the disk size; AuSiL segment features
-    are L2-normalised, so float16 keeps ~3 significant digits); an existing store keeps its own, and
-    asking for another one is an error. Opening for writing takes the writer lock for the lifetime
-    of the object. Open a given store at most once per process (an LMDB rule).
+    `dtype` applies when the store is created (int8 with a scale per segment by default, see
+    `segment_codec`); an existing store keeps its own, and asking for another one is an error.
+    Opening for writing takes the writer lock for the lifetime of the object. Open a given store at
+    most once per process (an LMDB rule). `any_version` opens a store of another format version
+    (to read its records and rebuild it); otherwise that is a `StoreFormatError`.
     """
 
     def __init__(
@@ -156,8 +168,10 @@ class SegmentStore:
         readonly: bool = False,
         dtype: str | None = None,
         map_size: int = DEFAULT_MAP_SIZE,
+        any_version: bool = False,
     ) -> None:
         self.path = Path(path)
+        self._any_version = any_version
         self.readonly = readonly
         self._lock: WriterLock | None = None
         self._map_guard = MapGuard()
@@ -190,6 +204,7 @@ class SegmentStore:
             self.close()
             raise
         self.dtype = np.dtype(self._meta["segment_dtype"])
+        self.format_version = self._meta["format_version"]
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -213,7 +228,7 @@ class SegmentStore:
             self._meta = {
                 "format_version": FORMAT_VERSION,
                 "next_id": 1,
-                "segment_dtype": dtype or "float16",
+                "segment_dtype": dtype or DEFAULT_SEGMENT_DTYPE,
                 "segment_dim": None,
                 "global_dim": None,
                 "total_segments": 0,
@@ -222,10 +237,11 @@ class SegmentStore:
             self._write(lambda txn: self._put_meta(txn, self._meta))
             return
         version = self._meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise IndexStoreError(
+        if version != FORMAT_VERSION and not self._any_version:
+            raise StoreFormatError(
                 f"segment store {self.path} has format version {version}; "
-                f"this program reads version {FORMAT_VERSION}"
+                f"this program reads version {FORMAT_VERSION}",
+                version,
             )
         if dtype is not None and dtype != self._meta["segment_dtype"]:
             raise IndexStoreError(
@@ -326,18 +342,24 @@ class SegmentStore:
 
     # ---------------------------------------------------------------- writes
 
-    def add_videos(self, items: Sequence[tuple[VideoFile, np.ndarray, np.ndarray]]) -> AddResult:
-        """Store a batch of `(file, segments (N, D), global descriptor (G,))` atomically.
+    def add_videos(self, items: Sequence[tuple[VideoFile, np.ndarray | PackedSegments, np.ndarray]],
+                   ids: Sequence[int] | None = None) -> AddResult:
+        """Store a batch of `(file, segments, global descriptor (G,))` atomically; segments are an
+        (N, D) float matrix or already packed in this store's form (`segment_codec.SegmentPacker`).
 
         A path already in the store is replaced: its old record is removed and the new one gets a
-        fresh id (listed in `AddResult.replaced`), never a recycled one.
+        fresh id (listed in `AddResult.replaced`), never a recycled one. `ids` gives the records the
+        ids they had in another store (a rebuild keeps them); they must not be in use here.
         """
         if not items:
             return AddResult(ids=[], replaced=[])
+        if ids is not None and (len(ids) != len(items) or min(ids) < 1):
+            raise ValueError("explicit ids must be positive, one per item")
         paths = [video.path for video, _, _ in items]
         if len(set(paths)) != len(paths):
             raise ValueError("a batch must not contain the same path twice")
-        segment_dim = self._meta["segment_dim"] or np.shape(items[0][1])[-1]
+        first = items[0][1]
+        segment_dim = self._meta["segment_dim"] or (first.dim if isinstance(first, PackedSegments) else np.shape(first)[-1])
         global_dim = self._meta["global_dim"] or np.shape(items[0][2])[-1]
         encoded = [
             self._encode(video, segments, global_vector, segment_dim, global_dim)
@@ -351,23 +373,26 @@ class SegmentStore:
                 old_id = txn.get(_path_key(path), db=self._dbs["paths"])
                 if old_id is not None:
                     replaced.append(self._delete(txn, int.from_bytes(old_id, "big"), meta))
-            ids = []
-            for path, (metadata, n_segments, duration_us, segment_bytes, global_bytes) in zip(
-                paths, encoded
+            added = []
+            for number, (path, (metadata, n_segments, duration_us, segment_bytes, global_bytes)) in enumerate(
+                zip(paths, encoded)
             ):
-                video_id = meta["next_id"]
-                meta["next_id"] += 1
+                video_id = meta["next_id"] if ids is None else int(ids[number])
                 key = _id_key(video_id)
-                txn.put(key, metadata, db=self._dbs["videos"], append=True)
-                txn.put(key, segment_bytes, db=self._dbs["segments"], append=True)
-                txn.put(key, global_bytes, db=self._dbs["globals"], append=True)
+                if ids is not None and txn.get(key, db=self._dbs["videos"]) is not None:
+                    raise ValueError(f"id {video_id} is already in use")
+                last = video_id >= meta["next_id"]  # keys in ascending order can be appended
+                meta["next_id"] = max(meta["next_id"], video_id + 1)
+                txn.put(key, metadata, db=self._dbs["videos"], append=last)
+                txn.put(key, segment_bytes, db=self._dbs["segments"], append=last)
+                txn.put(key, global_bytes, db=self._dbs["globals"], append=last)
                 txn.put(_path_key(path), key, db=self._dbs["paths"])
                 meta["total_segments"] += n_segments
                 meta["total_duration_us"] += duration_us
-                ids.append(video_id)
+                added.append(video_id)
             meta["segment_dim"], meta["global_dim"] = int(segment_dim), int(global_dim)
             self._put_meta(txn, meta)
-            return AddResult(ids=ids, replaced=replaced), meta
+            return AddResult(ids=added, replaced=replaced), meta
 
         result, self._meta = self._write(body)
         return result
@@ -408,38 +433,43 @@ class SegmentStore:
     def _encode(
         self,
         video: VideoFile,
-        segments: np.ndarray,
+        segments: np.ndarray | PackedSegments,
         global_vector: np.ndarray,
         segment_dim: int,
         global_dim: int,
-    ) -> tuple[bytes, int, int, bytes, bytes]:
-        with np.errstate(over="ignore"):  # overflow becomes inf, rejected below
-            matrix = np.ascontiguousarray(segments, dtype=self.dtype)
-        if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != segment_dim:
-            raise ValueError(
-                f"{video.path}: segments must have shape (N >= 1, {segment_dim}), not {matrix.shape}"
-            )
+    ) -> tuple[bytes, int, int, memoryview, bytes]:
+        if not isinstance(segments, PackedSegments):
+            shape = np.shape(segments)
+            if len(shape) != 2 or shape[0] == 0 or shape[1] != segment_dim:
+                raise ValueError(f"{video.path}: segments must have shape (N >= 1, {segment_dim}), not {shape}")
+            try:
+                segments = pack(segments, str(self.dtype))
+            except ValueError as error:
+                raise ValueError(f"{video.path}: {error}") from None
+        if segments.dtype != str(self.dtype) or segments.dim != segment_dim or segments.n_segments == 0:
+            raise ValueError(f"{video.path}: packed segments ({segments.n_segments} x {segments.dim} {segments.dtype}) "
+                             f"do not fit this store (N >= 1 x {segment_dim} {self.dtype})")
         vector = np.ascontiguousarray(global_vector, dtype=np.float32)
         if vector.shape != (global_dim,):
             raise ValueError(
                 f"{video.path}: global descriptor must have shape ({global_dim},), not {vector.shape}"
             )
-        if not (np.isfinite(matrix).all() and np.isfinite(vector).all()):
-            raise ValueError(f"{video.path}: features are not finite (or overflow {self.dtype})")
+        if not np.isfinite(vector).all():
+            raise ValueError(f"{video.path}: global descriptor is not finite")
         metadata = {
             "path": video.path,
             "size": int(video.size),
             "mtime_ns": int(video.mtime_ns),
             "fingerprint": video.fingerprint,
             "duration_s": float(video.duration_s),
-            "n_segments": int(matrix.shape[0]),
+            "n_segments": segments.n_segments,
             "extra": video.extra,
         }
         return (
             json.dumps(metadata).encode(),
-            matrix.shape[0],
+            segments.n_segments,
             _duration_us(video.duration_s),
-            matrix.tobytes(),
+            memoryview(segments.payload),  # LMDB copies it into its pages: no second copy here
             vector.tobytes(),
         )
 
@@ -532,8 +562,7 @@ class SegmentStore:
                 raw = txn.get(_id_key(video_id), db=self._dbs["segments"])
                 if raw is None:
                     raise KeyError(video_id)
-                matrix = np.frombuffer(raw, dtype=self.dtype).reshape(-1, self._dim(txn, "segment_dim"))
-                matrices.append(matrix.astype(np.float32))
+                matrices.append(unpack(raw, str(self.dtype), self._dim(txn, "segment_dim")))
         return matrices
 
     def iter_records(self) -> Iterator[VideoRecord]:
@@ -596,9 +625,11 @@ class SegmentStore:
         """Write every video to an HDF5 file; returns the number written.
 
         Layout: root attributes `format`, `format_version`; one group `/videos/<id>` per video
-        with datasets `features` (N, D; the store's dtype) and `global` (G,; float32) and
-        attributes path, size, mtime_ns, fingerprint, duration_s, extra (JSON). The file appears
-        under its name only once complete.
+        with datasets `features` (N, D) and `global` (G,; float32) and attributes path, size,
+        mtime_ns, fingerprint, duration_s, extra (JSON). `features` are plain floats that other
+        tools can read: float16/float32 stores export their values as stored, int8 stores the
+        float32 values their codes stand for (code × scale), which an int8 store imports back to
+        the same codes. The file appears under its name only once complete.
         """
         count = 0
         with atomic_path(path) as partial, h5py.File(partial, "w") as file:
@@ -609,9 +640,13 @@ class SegmentStore:
                 group = videos.create_group(str(record.id))
                 with self._read_txn() as txn:
                     key = _id_key(record.id)
-                    segments = np.frombuffer(txn.get(key, db=self._dbs["segments"]), self.dtype)
+                    raw = txn.get(key, db=self._dbs["segments"])
                     width = self._dim(txn, "segment_dim")
-                    group.create_dataset("features", data=segments.reshape(-1, width))
+                    if self.dtype == np.int8:
+                        features = unpack(raw, "int8", width)
+                    else:
+                        features = np.frombuffer(raw, self.dtype).reshape(-1, width)
+                    group.create_dataset("features", data=features)
                     group.create_dataset(
                         "global", data=np.frombuffer(txn.get(key, db=self._dbs["globals"]), np.float32)
                     )
