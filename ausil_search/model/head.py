@@ -29,6 +29,10 @@ L2_EPSILON = 1e-15
 MAX_BATCH_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
+# A matched run is trimmed to its cells above this fraction of the way from the matrix's median to the
+# run's best cell. A speed-changed copy scores lower towards the run's ends, which one half cut off.
+TRIM_FRACTION = 0.3
+
 def l2_normalize(x: Tensor) -> Tensor:
     """Row-wise L2 normalisation as TensorFlow does it: x / sqrt(max(sum(x^2), 1e-15))."""
     return x * torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp_min(L2_EPSILON))
@@ -290,8 +294,8 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
     Shared audio shows as a diagonal run of high values, so the offset with the highest mean along
     its diagonal wins; diagonals shorter than `min_overlap` cells (default: half the shorter side)
     do not compete, so that a lone corner cell cannot win. The winning diagonal is then trimmed
-    at both ends to its first and last cells above the halfway point between the matrix's median
-    and the diagonal's maximum. `stride` is the input segments per cell: 1 for a raw similarity
+    at both ends to its first and last cells above TRIM_FRACTION of the way from the matrix's median
+    to the diagonal's maximum. `stride` is the input segments per cell: 1 for a raw similarity
     matrix, 4 (COMPARATOR_STRIDE) for a comparator output.
     """
     values = sim.detach().double().cpu().numpy()
@@ -302,7 +306,7 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
     offsets = range(-(rows - min_overlap), columns - min_overlap + 1)
     best = max(offsets, key=lambda offset: np.diagonal(values, offset).mean())
     diagonal = np.diagonal(values, best)
-    threshold = (np.median(values) + diagonal.max()) / 2
+    threshold = np.median(values) + TRIM_FRACTION * (diagonal.max() - np.median(values))
     above = np.flatnonzero(diagonal >= threshold)
     first, last = int(above[0]), int(above[-1]) + 1
     row, column = max(0, -best), max(0, best)
@@ -354,7 +358,7 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
     for index in chosen:
         offset = int(offsets[index])
         diagonal = np.diagonal(banded, offset)
-        threshold = (median + diagonal.max()) / 2
+        threshold = median + TRIM_FRACTION * (diagonal.max() - median)
         above = np.flatnonzero(diagonal >= threshold)
         first, last = int(above[0]), int(above[-1]) + 1
         row, column = max(0, -offset), max(0, offset)
