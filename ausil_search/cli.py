@@ -266,18 +266,21 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
               help="Videos per store commit (also committed every 10 s); an interruption loses at most one batch.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Build a sharded index of this many shards (a new directory); an existing sharded index is "
+                   "used as it is.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, as_json):
+def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, shards, as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
     committed stays searchable and a rerun picks up where it stopped. Unusable files are reported
     and skipped.
     """
-    from .engine import SearchEngine
+    from .shards import open_index
 
-    engine = SearchEngine(index_dir or _default_index(), model_spec, writable=True, device=device,
-                          workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
+    engine = open_index(index_dir or _default_index(), model_spec, writable=True, shards=shards, device=device,
+                        workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
     _print_warnings(engine)
     with engine, progress_bar(desc="index", unit="file") as bar:
         def on_file(path, error):
@@ -288,7 +291,11 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
         def on_skip(path, reason):
             bar.write(f"skipped: {path}: {reason}", file=sys.stderr)
 
-        report = engine.index_paths(paths, prune=prune, on_plan=lambda n: bar.reset(total=n), on_file=on_file,
+        def on_plan(total):  # a sharded index plans shard by shard: the total grows
+            bar.total = total
+            bar.refresh()
+
+        report = engine.index_paths(paths, prune=prune, on_plan=on_plan, on_file=on_file,
                                     on_skip=on_skip)
         info = engine.info()
     if as_json:
@@ -331,11 +338,12 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     import csv
 
     from .decision import apply_min_score
-    from .engine import SearchEngine
+    from .shards import open_index
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
-    engine = SearchEngine(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
+    engine = open_index(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
+    _print_warnings(engine)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer:
         writer.writerow(["query", "rank", "score", "path", "duration_s", "query_start_s", "query_end_s", "match_start_s",
@@ -350,6 +358,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
             try:
                 result = engine.query(file, top_k=top_k, candidates=candidates, nprobe=nprobe, exhaustive=exhaustive)
                 result = apply_min_score(result, min_score)
+                for number, reason in (result.shards["failed"] if getattr(result, "partial", False) else {}).items():
+                    click.echo(f"warning: partial result: shard {number} did not answer: {reason}", err=True)
             except AusilError as exc:
                 failures += 1
                 if as_json:
@@ -413,9 +423,9 @@ def _print_result(result, min_score: float | None = None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def remove(paths, index_dir, as_json):
     """Remove the entries of these files, or of every file under these directories, from the index."""
-    from .engine import SearchEngine
+    from .shards import open_index
 
-    with SearchEngine(index_dir or _default_index(), writable=True, workers=0, create=False) as engine:
+    with open_index(index_dir or _default_index(), writable=True, workers=0, create=False) as engine:
         _print_warnings(engine)
         removed = engine.remove(paths)
     if as_json:
@@ -429,9 +439,10 @@ def remove(paths, index_dir, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def info(index_dir, as_json):
     """Counts, total duration, model identity and disk size of an index."""
-    from .engine import SearchEngine
+    from .shards import open_index
 
-    with SearchEngine(index_dir or _default_index(), writable=False, workers=0) as engine:
+    with open_index(index_dir or _default_index(), writable=False, workers=0) as engine:
+        _print_warnings(engine)
         details = engine.info()
     if as_json:
         emit_json(details)
@@ -440,7 +451,11 @@ def info(index_dir, as_json):
     click.echo(f"index       {details['index']}  (created {details['created']})")
     click.echo(f"videos      {details['videos']}  ({details['duration_s'] / 3600:.2f} h of audio, {details['segments']} segments)")
     click.echo(f"model       {details['model'].get('identity')}")
-    click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)"))
+    if details.get("sharded"):
+        answered = sum("error" not in s for s in details["shards"])
+        click.echo(f"shards      {len(details['shards'])} ({answered} opened)")
+    else:
+        click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)"))
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
 
 
@@ -520,9 +535,12 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
 
     from .dedup import find_duplicate_groups, parse_since, read_decisions_file
     from .engine import SearchEngine
+    from .shards import is_sharded
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
+    if is_sharded(index_dir or _default_index()):
+        raise AusilError("dedup works on an index of one shard; a sharded index is not supported yet")
     pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
     with SearchEngine(index_dir or _default_index(), writable=False, device=device, workers=0) as engine, \
             progress_bar(desc="dedup", unit="pair") as bar:
