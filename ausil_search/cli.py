@@ -59,7 +59,7 @@ def cli() -> None:
     """Find videos that share the same audio as a query video (AuSiL, ICPR 2020).
 
     \b
-    Search a collection:        index DIR → query FILE   (also: info, remove, serve)
+    Search a collection:        index DIR → query FILE   (also: info, remove, serve, reshard)
     Duplicates:                 dedup (every group in an index) | compare A B
     Release-compatible steps:   extract → similarity → evaluate
     Train and benchmark:        train-backbone → train (or fit-whitening) | bench make
@@ -457,6 +457,28 @@ def info(index_dir, as_json):
     else:
         click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)"))
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--shards", type=click.IntRange(min=1), required=True, help="Shards of the new index.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def reshard(source, destination, shards, as_json):
+    """Copy the index SOURCE (sharded or not) into a sharded index DESTINATION of --shards shards.
+
+    Stored segments are copied, nothing is re-extracted; a rerun after an interruption copies only
+    what is missing. SOURCE is left as it is.
+    """
+    from .shards.reshard import reshard as copy_index
+
+    with progress_bar(desc="reshard", unit="video") as bar:
+        report = copy_index(source, destination, shards, on_video=lambda: bar.update(1))
+    if as_json:
+        emit_json({**report.to_dict(), "index": str(destination)})
+    else:
+        click.echo(f"{report.copied} copied, {report.unchanged} already there, in {report.seconds:.1f} s → "
+                   f"{destination} ({shards} shards: {', '.join(map(str, report.videos_per_shard))} videos)")
 
 
 @cli.command()

@@ -154,3 +154,21 @@ def test_sharded_index_refuses_bad_layouts(indexes, tmp_path, model_path):
         ShardedIndex(tmp_path / "new", model_path, writable=True, shards=0)
     result = run("dedup", "--index", indexes[1])
     assert result.exit_code == 1 and "sharded" in result.output
+
+
+def test_reshard_copies_without_extracting(media, indexes, single_answers, tmp_path):
+    single, sharded = indexes
+    two = tmp_path / "two"
+    result = run("reshard", sharded, two, "--shards", 2, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["copied"] == N_VIDEOS and sum(report["videos_per_shard"]) == N_VIDEOS
+    assert_same_answers(answers(*media["queries"], "--index", two, "-k", "20"), single_answers)
+    with open_index(sharded) as a, open_index(two) as b:  # the same file facts: nothing was re-extracted
+        before = {r.path: (r.fingerprint, r.mtime_ns, r.extra["indexed_at"]) for r in a.records()}
+        assert {r.path: (r.fingerprint, r.mtime_ns, r.extra["indexed_at"]) for r in b.records()} == before
+    again = json.loads(run("reshard", single, two, "--shards", 2, "--json").stdout)  # a rerun copies nothing
+    assert (again["copied"], again["unchanged"]) == (0, N_VIDEOS)
+    indexed = json.loads(run("index", media["db"], "--index", two, "--json").stdout)
+    assert indexed["unchanged"] == N_VIDEOS and indexed["added"] == 0
+    assert run("reshard", two, two, "--shards", 3).exit_code == 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from ..engine import COMMIT_EVERY_VIDEOS, SearchEngine, IndexReport, Match, QueryResult, has_audio_stream
+from ..engine import COMMIT_EVERY_VIDEOS, IndexReport, Match, Pooling, QueryResult, SearchEngine, has_audio_stream
 from ..errors import AusilError, IndexStoreError
 from ..extraction import ExtractedVideo, Extractor
 from ..model import AuSiLModel
@@ -97,6 +97,7 @@ class ShardedIndex:
         commit_every: int = COMMIT_EVERY_VIDEOS,
         create: bool | None = None,
         shards: int | None = None,
+        pooling: Pooling | None = None,
     ):
         self.index_dir = Path(index_dir)
         self.writable = writable
@@ -108,7 +109,7 @@ class ShardedIndex:
         try:
             for number, shard_dir in enumerate(self.layout.shard_dirs):
                 try:
-                    engine = ShardEngine(shard_dir, model_or_spec, writable=writable, device=device,
+                    engine = ShardEngine(shard_dir, model_or_spec, writable=writable, device=device, pooling=pooling,
                                          commit_every=commit_every, create=creating if writable else None)
                 except (AusilError, OSError) as error:
                     if writable:
