@@ -269,8 +269,12 @@ def _fmt_time(seconds: float) -> str:
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Build a sharded index of this many shards (a new directory); an existing sharded index is "
                    "used as it is.")
+@click.option("--ray", "ray_address", default=None, metavar="local|ADDRESS",
+              help="Index a sharded index on a Ray cluster (`local` starts one here): a writer actor per shard, "
+                   "extraction spread over the cluster (--workers: network actors, default the cluster's CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, shards, as_json):
+def index(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, shards, ray_address,
+          as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
@@ -279,6 +283,9 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
     """
     from .shards import open_index
 
+    if ray_address:
+        return _index_on_ray(paths, index_dir or _default_index(), model_spec, prune, device, workers, batch_size,
+                             precision, commit_every, shards, ray_address, as_json)
     engine = open_index(index_dir or _default_index(), model_spec, writable=True, shards=shards, device=device,
                         workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
     _print_warnings(engine)
@@ -298,6 +305,31 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
         report = engine.index_paths(paths, prune=prune, on_plan=on_plan, on_file=on_file,
                                     on_skip=on_skip)
         info = engine.info()
+    _print_index_report(report, info, as_json)
+
+
+def _index_on_ray(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, shards,
+                  ray_address, as_json) -> None:
+    from .shards import ShardedIndex, is_sharded
+    from .shards.cluster import index_on_cluster
+
+    if shards is None and not is_sharded(index_dir):
+        raise click.UsageError("--ray indexes a sharded index: give --shards S for a new one")
+
+    def on_shard(number, report):
+        click.echo(f"shard {number}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+                   f"{len(report.skipped)} skipped", err=True)
+
+    report = index_on_cluster(index_dir, paths, ray_address, model_spec, shards=shards, workers=workers, device=device,
+                              batch_size=batch_size, precision=precision, commit_every=commit_every, prune=prune,
+                              on_shard=on_shard,
+                              on_skip=lambda path, reason: click.echo(f"skipped: {path}: {reason}", err=True))
+    with ShardedIndex(index_dir, workers=0) as index:
+        info = index.info()
+    _print_index_report(report, info, as_json)
+
+
+def _print_index_report(report, info: dict, as_json: bool) -> None:
     if as_json:
         emit_json({**report.to_dict(), "index": info})
     else:
@@ -323,12 +355,15 @@ def index(paths, index_dir, model_spec, prune, device, workers, batch_size, prec
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists to visit (default: the index's calibrated value).")
 @click.option("--exhaustive", is_flag=True, help="Rerank every indexed video (slow; shows what recall loses).")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--ray", "ray_address", default=None, metavar="local|ADDRESS",
+              help="Answer from shard server actors on a Ray cluster (a sharded index; `local` starts one here).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query, one per line.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: query, rank, score, path, spans.")
 @click.option("--min-score", "min_score", type=MIN_SCORE, default=None,
               help="Keep only matches scoring at least this (a number, or 'default' for the calibrated match "
                    "threshold); a query with none says 'no match above X'. Default: off, top-k stays top-k.")
-def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, as_json, as_csv, min_score):
+def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, ray_address, as_json, as_csv,
+          min_score):
     """Find indexed videos that share audio with each query FILE, best first.
 
     For each match: the AuSiL score (−1…1), the database path and duration, and where the shared
@@ -342,7 +377,12 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
-    engine = open_index(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
+    if ray_address:
+        from .shards.cluster import ClusterIndex
+
+        engine = ClusterIndex(index_dir or _default_index(), ray_address, model_spec, device=device)
+    else:
+        engine = open_index(index_dir or _default_index(), model_spec, writable=False, device=device, workers=0)
     _print_warnings(engine)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer:

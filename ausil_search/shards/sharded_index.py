@@ -170,15 +170,8 @@ class ShardedIndex:
         each shard plans."""
         self._require_all()
         started = time.perf_counter()
-        roots = [Path(r).absolute() for r in roots]
-        walked_skips: dict[str, str] = {}
-
-        def skip(path: Path, reason: str) -> None:
-            walked_skips[str(path)] = reason
-            on_skip(path, reason)
-
-        parts = self.partition(walk_media(roots, has_audio_stream, on_skip=skip))
-        total = IndexReport(skipped=walked_skips)
+        parts, skipped = self.plan(roots, on_skip)
+        total = IndexReport(skipped=skipped)
         planned = 0
         for number, engine in self.engines.items():
             if not parts[number]:
@@ -190,13 +183,29 @@ class ShardedIndex:
                 on_plan(planned)
 
             report = engine.index_paths(parts[number], on_plan=shard_plan, on_file=on_file, on_skip=on_skip)
-            _add_reports(total, report)
+            add_reports(total, report)
             if report.interrupted:
                 break
         if prune and not total.interrupted:
-            total.removed = sum(len(engine.remove(_gone_under(engine, roots))) for engine in self.engines.values())
+            total.removed = self.prune(roots)
         total.seconds = time.perf_counter() - started
         return total
+
+    def plan(self, roots: Iterable[Path], on_skip: Callable[[Path, str], None] = lambda path, reason: None,
+             ) -> tuple[dict[int, list[Path]], dict[str, str]]:
+        """The media under `roots`, walked once, by shard; and what the walk passed over, with why."""
+        skipped: dict[str, str] = {}
+
+        def skip(path: Path, reason: str) -> None:
+            skipped[str(path)] = reason
+            on_skip(path, reason)
+
+        return self.partition(walk_media([Path(r).absolute() for r in roots], has_audio_stream, on_skip=skip)), skipped
+
+    def prune(self, roots: Iterable[Path]) -> int:
+        """Remove the records under `roots` whose files are gone (`index --prune`); returns how many."""
+        roots = list(roots)
+        return sum(len(engine.remove(_gone_under(engine, roots))) for engine in self.engines.values())
 
     def partition(self, paths: Iterable[Path]) -> dict[int, list[Path]]:
         """Paths by the shard that holds them (keyed, as the engine keys files, by the resolved path)."""
@@ -307,7 +316,7 @@ def _shallow(match: Match) -> dict:
     return {f.name: getattr(match, f.name) for f in dataclasses.fields(Match)}
 
 
-def _add_reports(total: IndexReport, report: IndexReport) -> None:
+def add_reports(total: IndexReport, report: IndexReport) -> None:
     for name in ("added", "updated", "unchanged", "removed", "audio_seconds"):
         setattr(total, name, getattr(total, name) + getattr(report, name))
     total.skipped.update(report.skipped)
