@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from ausil_search.cli import cli
 from ausil_search.errors import IndexStoreError
 from ausil_search.shards import SHARDS_MANIFEST, ShardedIndex, open_index, shard_of
+from ausil_search.shards.reshard import reshard
 from media import synth_music, write_audio_file, write_video_file
 
 SR = 44100
@@ -172,3 +173,30 @@ def test_reshard_copies_without_extracting(media, indexes, single_answers, tmp_p
     indexed = json.loads(run("index", media["db"], "--index", two, "--json").stdout)
     assert indexed["unchanged"] == N_VIDEOS and indexed["added"] == 0
     assert run("reshard", two, two, "--shards", 3).exit_code == 1
+
+
+def test_sharded_indexing_and_reshard_report_through_the_progress_protocol(media, tmp_path, model_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(20_000))
+    calls = []
+
+    def record(stage, completed, total=None, *, item=None, skipped=None, metrics=None):
+        calls.append((stage, completed, total, item, skipped))
+
+    files = len(list((media["db"] / "sub").iterdir()))
+    with ShardedIndex(tmp_path / "index", model_path, writable=True, shards=SHARDS, workers=0) as index:
+        report = index.index_paths([media["db"] / "sub", corrupt], progress=record)
+    assert report.added == files and list(report.skipped) == [str(corrupt.resolve())]
+    stages = [c[0] for c in calls]
+    assert stages == sorted(stages, key=["scan", "index"].index), stages  # one scan, then one index stage
+    assert [c[1] for c in calls if c[0] == "scan"][-1] == files + 1
+    index_calls = [c for c in calls if c[0] == "index"]
+    counts = [c[1] for c in index_calls]
+    assert counts == sorted(counts) and index_calls[0][1] == 0  # counted on across the shards
+    assert index_calls[-1][1:3] == (files + 1, files + 1)  # the total grew to every file that needed work
+    assert [c[3] for c in index_calls if c[4]] == [str(corrupt.resolve())]
+
+    calls.clear()
+    copy = reshard(tmp_path / "index", tmp_path / "two", 2, progress=record)
+    assert copy.copied == files
+    assert [c[:3] for c in calls] == [("reshard", n, files) for n in range(files + 1)]
