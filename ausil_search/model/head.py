@@ -305,15 +305,19 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
     min_overlap = min(min_overlap, rows, columns)
     offsets = range(-(rows - min_overlap), columns - min_overlap + 1)
     best = max(offsets, key=lambda offset: np.diagonal(values, offset).mean())
-    diagonal = np.diagonal(values, best)
-    threshold = np.median(values) + TRIM_FRACTION * (diagonal.max() - np.median(values))
-    above = np.flatnonzero(diagonal >= threshold)
-    first, last = int(above[0]), int(above[-1]) + 1
+    first, last = _trimmed_run(np.diagonal(values, best), float(np.median(values)))
     row, column = max(0, -best), max(0, best)
     return (
         range((row + first) * stride, (row + last) * stride),
         range((column + first) * stride, (column + last) * stride),
     )
+
+
+def _trimmed_run(diagonal: np.ndarray, median: float) -> tuple[int, int]:
+    """First and one-past-last cell of `diagonal` at or above TRIM_FRACTION of the way from the
+    matrix's `median` to the diagonal's best cell."""
+    above = np.flatnonzero(diagonal >= median + TRIM_FRACTION * (diagonal.max() - median))
+    return int(above[0]), int(above[-1]) + 1
 
 
 def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: int | None = None,
@@ -358,9 +362,7 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
     for index in chosen:
         offset = int(offsets[index])
         diagonal = np.diagonal(banded, offset)
-        threshold = median + TRIM_FRACTION * (diagonal.max() - median)
-        above = np.flatnonzero(diagonal >= threshold)
-        first, last = int(above[0]), int(above[-1]) + 1
+        first, last = _trimmed_run(diagonal, median)
         row, column = max(0, -offset), max(0, offset)
         lo, hi = row + first, row + last - 1
         start, end = _run_columns(values, range(lo, hi + 1), column - row, band, max_speed_change)
