@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,cluster]"
 
 test:
 	$(PY) -m pytest -q -m "not slow"

@@ -9,10 +9,11 @@ stages of one run come one after another, and one that starts again (a second `e
 this unit was left out and why, naming it (the message a user should see even when no bar is
 shown); `metrics` are numbers describing the current state (a training step's loss).
 
-Indexing, extraction, the release commands, dedup, both trainers and the benchmark generator take
-such a callable as `progress=` (default: :func:`silent`). The CLI implements it once
-(`ausil_search.cli.progress`); like pyannote.audio's hooks, a caller can pass any function, for
-instance one that records the calls or forwards them to a web page.
+Indexing (one index, a sharded one, on Ray), reshard, extraction, the release commands, dedup,
+both trainers and the benchmark generator take such a callable as `progress=` (default:
+:func:`silent`). The CLI implements it once (`ausil_search.cli.progress`); like pyannote.audio's
+hooks, a caller can pass any function, for instance one that records the calls or forwards them to
+a web page.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ T = TypeVar("T")
 STAGE_UNITS = {
     "scan": "file",  # indexing, backbone training: files looked at before the work starts
     "index": "file",  # indexing: files extracted and stored
+    "index shards": "shard",  # indexing a sharded index on Ray: shards whose writer finished
+    "reshard": "video",  # copying an index into a sharded one
     "extract": "file",  # descriptors of media files (release extract, head training, whitening fit)
     "similarity": "video",  # release similarity: database videos scored against every query
     "whitening": "",  # fitting the PCA whitening (one unit)

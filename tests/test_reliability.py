@@ -520,7 +520,9 @@ def test_kill_9_leaves_no_worker_and_the_next_run_removes_temp_files(tmp_path, m
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
 def test_ctrl_c_to_the_process_group_stops_cleanly(tmp_path, model_path):
-    write_songs(tmp_path / "db", 6, seconds=15.0, seed=110)
+    # Enough work that the run is still going 0.5 s after its first commit on an idle machine
+    # (6 songs of 15 s were sometimes all indexed by then, and the run exited 0 before the signal).
+    write_songs(tmp_path / "db", 12, seconds=30.0, seed=110)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     process = start_indexing(tmp_path / "db", tmp_path / "idx", model_path, tmpdir, tmp_path / "stderr",

@@ -50,7 +50,7 @@ def cli() -> None:
     """Find videos that share the same audio as a query video (AuSiL, ICPR 2020).
 
     \b
-    Search a collection:        index DIR → query FILE   (also: info, remove, serve)
+    Search a collection:        index DIR → query FILE   (also: info, remove, serve, reshard)
     Duplicates:                 dedup (every group in an index) | compare A B
     Release-compatible steps:   extract → similarity → evaluate
     Train and benchmark:        train-backbone → train (or fit-whitening) | bench make

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import AusilError
 from .base import DEVICE_HELP, INDEX_HELP, MIN_SCORE, MODEL_HELP, cli, default_index, emit_json, fmt_time
 from .progress import ProgressDisplay
 
@@ -38,9 +39,12 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
 
     from ..search.dedup import find_duplicate_groups, parse_since, read_decisions_file
     from ..search.engine import SearchEngine
+    from ..shards import is_sharded
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
+    if is_sharded(index_dir or default_index()):
+        raise AusilError("dedup works on an index of one shard; a sharded index is not supported yet")
     pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
     with SearchEngine(index_dir or default_index(), writable=False, device=device, workers=0) as engine, \
             ProgressDisplay() as progress:

@@ -1,4 +1,7 @@
-"""The search engine's commands: `index`, `query`, `remove`, `info`, and `serve` over HTTP."""
+"""The search engine's commands: `index`, `query`, `remove`, `info`, `reshard`, and `serve` over HTTP.
+
+`index`, `query`, `remove` and `info` work on an index of one shard and on a sharded one alike
+(`ausil_search.shards.open_index`)."""
 
 from __future__ import annotations
 
@@ -29,8 +32,15 @@ from .progress import ProgressDisplay
 @click.option("--precision", type=click.Choice(["fused", "fp32", "bf16"]), default="fused", show_default=True, help=PRECISION_HELP)
 @click.option("--commit-every", type=click.IntRange(min=1), default=16, show_default=True,
               help="Videos per store commit (also committed every 10 s); an interruption loses at most one batch.")
+@click.option("--shards", type=click.IntRange(min=1), default=None,
+              help="Build a sharded index of this many shards (a new directory); an existing sharded index is "
+                   "used as it is.")
+@click.option("--ray", "ray_address", default=None, metavar="local|ADDRESS",
+              help="Index a sharded index on a Ray cluster (`local` starts one here): a writer actor per shard, "
+                   "extraction spread over the cluster (--workers: network actors, default the cluster's CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_size, precision, commit_every, as_json):
+def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_size, precision, commit_every, shards,
+          ray_address, as_json):
     """Index the media under PATHS (directories are walked recursively; files are taken as given).
 
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
@@ -38,26 +48,69 @@ def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_s
     and skipped. --rebuild (without PATHS) extracts the files of an index again, e.g. to convert an
     index of an older format.
     """
-    from ..search.dedup import carry_decisions
-    from ..search.engine import SearchEngine, rebuild_index
+    from ..shards import open_index
 
-    if rebuild == bool(paths) or (rebuild and prune):
-        raise click.UsageError("give PATHS to index, or --rebuild (without PATHS or --prune) to rebuild the index")
     index_dir = index_dir or default_index()
-    options = {"device": device, "workers": workers, "batch_size": batch_size, "precision": precision,
-               "commit_every": commit_every}
+    if rebuild:
+        if paths or prune or shards or ray_address:
+            raise click.UsageError("--rebuild takes no PATHS, --prune, --shards or --ray: it re-extracts the files "
+                                   "the index already has")
+        return _rebuild(index_dir, model_spec, as_json, device=device, workers=workers, batch_size=batch_size,
+                        precision=precision, commit_every=commit_every)
+    if not paths:
+        raise click.UsageError("give PATHS to index, or --rebuild to rebuild the index")
+    if ray_address:
+        return _index_on_ray(paths, index_dir, model_spec, prune, device, workers, batch_size,
+                             precision, commit_every, shards, ray_address, as_json)
+    engine = open_index(index_dir, model_spec, writable=True, shards=shards, device=device,
+                        workers=workers, batch_size=batch_size, precision=precision, commit_every=commit_every)
+    print_warnings(engine)
+    with engine, ProgressDisplay() as progress:
+        report = engine.index_paths(paths, prune=prune, progress=progress)
+        info = engine.info()
+    _print_index_report(report, info, as_json)
+
+
+def _rebuild(index_dir: Path, model_spec, as_json: bool, **options) -> None:
+    """Each shard of a sharded index is an ordinary index and is rebuilt (and swapped in) on its own."""
+    from ..search.dedup import carry_decisions
+    from ..search.engine import IndexReport, rebuild_index
+    from ..shards import ShardLayout, is_sharded, open_index
+    from ..shards.sharded_index import add_reports
+
+    targets = list(ShardLayout.read(index_dir).shard_dirs) if is_sharded(index_dir) else [index_dir]
+    report = IndexReport()
     with ProgressDisplay() as progress:
-        if rebuild:
-            report = rebuild_index(index_dir, model_spec, progress=progress, before_swap=carry_decisions, **options)
-            engine = None if report.interrupted else SearchEngine(index_dir, model_spec)
-        else:
-            engine = SearchEngine(index_dir, model_spec, writable=True, **options)
-            print_warnings(engine)
-        with engine or contextlib.nullcontext():
-            if not rebuild:
-                report = engine.index_paths(paths, prune=prune, progress=progress)
-            info = engine.info() if engine else {"index": str(index_dir), "videos": report.added,
-                                                 "duration_s": report.audio_seconds}
+        for target in targets:
+            add_reports(report, rebuild_index(target, model_spec, progress=progress, before_swap=carry_decisions,
+                                              **options))
+            if report.interrupted:
+                break
+    if report.interrupted:
+        info = {"index": str(index_dir), "videos": report.added, "duration_s": report.audio_seconds}
+    else:
+        with open_index(index_dir, workers=0) as engine:
+            info = engine.info()
+    _print_index_report(report, info, as_json)
+
+
+def _index_on_ray(paths, index_dir, model_spec, prune, device, workers, batch_size, precision, commit_every, shards,
+                  ray_address, as_json) -> None:
+    from ..shards import ShardedIndex, is_sharded
+    from ..shards.cluster import index_on_cluster
+
+    if shards is None and not is_sharded(index_dir):
+        raise click.UsageError("--ray indexes a sharded index: give --shards S for a new one")
+    with ProgressDisplay() as progress:
+        report = index_on_cluster(index_dir, paths, ray_address, model_spec, shards=shards, workers=workers,
+                                  device=device, batch_size=batch_size, precision=precision, commit_every=commit_every,
+                                  prune=prune, progress=progress)
+    with ShardedIndex(index_dir, workers=0) as index:
+        info = index.info()
+    _print_index_report(report, info, as_json)
+
+
+def _print_index_report(report, info: dict, as_json: bool) -> None:
     if as_json:
         emit_json({**report.to_dict(), "index": info})
     else:
@@ -83,12 +136,15 @@ def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_s
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists to visit (default: the index's calibrated value).")
 @click.option("--exhaustive", is_flag=True, help="Rerank every indexed video (slow; shows what recall loses).")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@click.option("--ray", "ray_address", default=None, metavar="local|ADDRESS",
+              help="Answer from shard server actors on a Ray cluster (a sharded index; `local` starts one here).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query, one per line.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: query, rank, score, path, spans.")
 @click.option("--min-score", "min_score", type=MIN_SCORE, default=None,
               help="Keep only matches scoring at least this (a number, or 'default' for the calibrated match "
                    "threshold); a query with none says 'no match above X'. Default: off, top-k stays top-k.")
-def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, as_json, as_csv, min_score):
+def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, ray_address, as_json, as_csv,
+          min_score):
     """Find indexed videos that share audio with each query FILE, best first.
 
     For each match: the AuSiL score (−1…1), the database path and duration, and where the shared
@@ -98,11 +154,17 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     import csv
 
     from ..search.decision import apply_min_score
-    from ..search.engine import SearchEngine
+    from ..shards import open_index
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
-    engine = SearchEngine(index_dir or default_index(), model_spec, writable=False, device=device, workers=0)
+    if ray_address:
+        from ..shards.cluster import ClusterIndex
+
+        engine = ClusterIndex(index_dir or default_index(), ray_address, model_spec, device=device)
+    else:
+        engine = open_index(index_dir or default_index(), model_spec, writable=False, device=device, workers=0)
+    print_warnings(engine)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer:
         writer.writerow(["query", "rank", "score", "path", "duration_s", "query_start_s", "query_end_s", "match_start_s",
@@ -117,6 +179,8 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
             try:
                 result = engine.query(file, top_k=top_k, candidates=candidates, nprobe=nprobe, exhaustive=exhaustive)
                 result = apply_min_score(result, min_score)
+                for number, reason in (result.shards["failed"] if getattr(result, "partial", False) else {}).items():
+                    click.echo(f"warning: partial result: shard {number} did not answer: {reason}", err=True)
             except AusilError as exc:
                 failures += 1
                 if as_json:
@@ -180,9 +244,9 @@ def _print_result(result, min_score: float | None = None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def remove(paths, index_dir, as_json):
     """Remove the entries of these files, or of every file under these directories, from the index."""
-    from ..search.engine import SearchEngine
+    from ..shards import open_index
 
-    with SearchEngine(index_dir or default_index(), writable=True, workers=0, create=False) as engine:
+    with open_index(index_dir or default_index(), writable=True, workers=0, create=False) as engine:
         print_warnings(engine)
         removed = engine.remove(paths)
     if as_json:
@@ -196,9 +260,10 @@ def remove(paths, index_dir, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def info(index_dir, as_json):
     """Counts, total duration, model identity and disk size of an index."""
-    from ..search.engine import SearchEngine
+    from ..shards import open_index
 
-    with SearchEngine(index_dir or default_index(), writable=False, workers=0) as engine:
+    with open_index(index_dir or default_index(), writable=False, workers=0) as engine:
+        print_warnings(engine)
         details = engine.info()
     if as_json:
         emit_json(details)
@@ -207,9 +272,37 @@ def info(index_dir, as_json):
     click.echo(f"index       {details['index']}  (created {details['created']})")
     click.echo(f"videos      {details['videos']}  ({details['duration_s'] / 3600:.2f} h of audio, {details['segments']} segments)")
     click.echo(f"model       {details['model'].get('identity')}")
-    click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)")
-               + f", {g['ntotal']} windows of {g['window_s']:g} s every {g['hop_s']:g} s")
+    windows = f"{g['ntotal']} windows of {g['window_s']:g} s every {g['hop_s']:g} s"
+    if details.get("sharded"):
+        answered = sum("error" not in s for s in details["shards"])
+        click.echo(f"shards      {len(details['shards'])} ({answered} opened)")
+        click.echo(f"recall      FAISS per shard, {windows}")
+    else:
+        click.echo(f"recall      FAISS {g['type']}" + (f", nlist {g['nlist']}, nprobe {g['nprobe']}" if g["nlist"] else " (exact)")
+                   + f", {windows}")
     click.echo(f"disk        {details['disk_bytes'] / 2**20:.1f} MiB ({details['segment_dtype']} segments)")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("--shards", type=click.IntRange(min=1), required=True, help="Shards of the new index.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+def reshard(source, destination, shards, as_json):
+    """Copy the index SOURCE (sharded or not) into a sharded index DESTINATION of --shards shards.
+
+    Stored segments are copied, nothing is re-extracted; a rerun after an interruption copies only
+    what is missing. SOURCE is left as it is.
+    """
+    from ..shards.reshard import reshard as copy_index
+
+    with ProgressDisplay() as progress:
+        report = copy_index(source, destination, shards, progress=progress)
+    if as_json:
+        emit_json({**report.to_dict(), "index": str(destination)})
+    else:
+        click.echo(f"{report.copied} copied, {report.unchanged} already there, in {report.seconds:.1f} s → "
+                   f"{destination} ({shards} shards: {', '.join(map(str, report.videos_per_shard))} videos)")
 
 
 @cli.command()

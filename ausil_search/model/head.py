@@ -31,6 +31,10 @@ L2_EPSILON = 1e-15
 MAX_BATCH_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
+# A matched run is trimmed to its cells above this fraction of the way from the matrix's median to the
+# run's best cell. A speed-changed copy scores lower towards the run's ends, which one half cut off.
+TRIM_FRACTION = 0.3
+
 def l2_normalize(x: Tensor) -> Tensor:
     """Row-wise L2 normalisation as TensorFlow does it: x / sqrt(max(sum(x^2), 1e-15))."""
     return x * torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp_min(L2_EPSILON))
@@ -329,8 +333,8 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
     Shared audio shows as a diagonal run of high values, so the offset with the highest mean along
     its diagonal wins; diagonals shorter than `min_overlap` cells (default: half the shorter side)
     do not compete, so that a lone corner cell cannot win. The winning diagonal is then trimmed
-    at both ends to its first and last cells above the halfway point between the matrix's median
-    and the diagonal's maximum. `stride` is the input segments per cell: 1 for a raw similarity
+    at both ends to its first and last cells above TRIM_FRACTION of the way from the matrix's median
+    to the diagonal's maximum. `stride` is the input segments per cell: 1 for a raw similarity
     matrix, 4 (COMPARATOR_STRIDE) for a comparator output.
     """
     values = sim.detach().double().cpu().numpy()
@@ -340,15 +344,19 @@ def best_alignment(sim: Tensor, stride: int = 1, min_overlap: int | None = None)
     min_overlap = min(min_overlap, rows, columns)
     offsets = range(-(rows - min_overlap), columns - min_overlap + 1)
     best = max(offsets, key=lambda offset: np.diagonal(values, offset).mean())
-    diagonal = np.diagonal(values, best)
-    threshold = (np.median(values) + diagonal.max()) / 2
-    above = np.flatnonzero(diagonal >= threshold)
-    first, last = int(above[0]), int(above[-1]) + 1
+    first, last = _trimmed_run(np.diagonal(values, best), float(np.median(values)))
     row, column = max(0, -best), max(0, best)
     return (
         range((row + first) * stride, (row + last) * stride),
         range((column + first) * stride, (column + last) * stride),
     )
+
+
+def _trimmed_run(diagonal: np.ndarray, median: float) -> tuple[int, int]:
+    """First and one-past-last cell of `diagonal` at or above TRIM_FRACTION of the way from the
+    matrix's `median` to the diagonal's best cell."""
+    above = np.flatnonzero(diagonal >= median + TRIM_FRACTION * (diagonal.max() - median))
+    return int(above[0]), int(above[-1]) + 1
 
 
 def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: int | None = None,
@@ -393,9 +401,7 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
     for index in chosen:
         offset = int(offsets[index])
         diagonal = np.diagonal(banded, offset)
-        threshold = (median + diagonal.max()) / 2
-        above = np.flatnonzero(diagonal >= threshold)
-        first, last = int(above[0]), int(above[-1]) + 1
+        first, last = _trimmed_run(diagonal, median)
         row, column = max(0, -offset), max(0, offset)
         lo, hi = row + first, row + last - 1
         start, end = _run_columns(values, range(lo, hi + 1), column - row, band, max_speed_change)

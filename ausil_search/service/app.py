@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..search.dedup import DEFAULT_CANDIDATES, parse_since
-from ..errors import AusilError, IndexStoreError, InputError
+from ..errors import AusilError, InputError
 from .config import PathRefused, Roots, ServiceConfig
 from .dedup_runs import DedupBusy, DedupParams, DedupRuns
 from .search import ComparedVideo, WarmSearch

@@ -89,8 +89,9 @@ class DedupRuns:
             return run
 
     def _run(self, run: DedupRun) -> None:
-        def on_scored(n: int) -> None:
-            run.pairs_scored += n
+        def progress(stage: str, completed: int, total: int | None = None, **_) -> None:
+            if stage == "dedup":
+                run.pairs_total, run.pairs_scored = total, completed
             if self._stop.is_set():
                 raise _Stopped
 
@@ -98,7 +99,7 @@ class DedupRuns:
             run.result = find_duplicate_groups(
                 self.search.engine, run.params.threshold, candidates=run.params.candidates,
                 since=parse_since(run.params.since) if run.params.since else None,
-                on_plan=lambda n: setattr(run, "pairs_total", n), on_scored=on_scored)
+                progress=progress)
             run.state = "done"
         except _Stopped:
             run.state, run.error = "failed", "the server is shutting down"
