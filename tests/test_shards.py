@@ -113,6 +113,21 @@ def test_sharded_index_is_incremental_and_removes(media, indexes, tmp_path, mode
         assert len(index.records()) == N_VIDEOS - len(range(0, N_VIDEOS, 3))
 
 
+def test_rebuild_of_a_sharded_index_rebuilds_every_shard(media, indexes, single_answers, tmp_path):
+    _, sharded = indexes
+    copy = tmp_path / "sharded"
+    shutil.copytree(sharded, copy)
+    before = {shard["index"]: shard["videos"] for shard in json.loads(run("info", "--index", copy, "--json").stdout)["shards"]}
+    result = run("index", "--rebuild", "--index", copy, "--workers", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["added"] == N_VIDEOS
+    after = {shard["index"]: shard["videos"] for shard in json.loads(result.stdout)["index"]["shards"]}
+    assert after == before  # every shard rebuilt in place, each video still where its path routes
+    assert_same_answers(answers(*media["queries"], "--index", copy, "-k", "20"), single_answers)
+    refused = run("index", media["db"], "--rebuild", "--index", copy)
+    assert refused.exit_code == 2 and "--rebuild takes no PATHS" in refused.output
+
+
 def test_missing_shard_gives_a_flagged_partial_result(media, indexes, single_answers, tmp_path):
     _, sharded = indexes
     copy = tmp_path / "sharded"

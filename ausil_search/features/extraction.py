@@ -91,6 +91,13 @@ class DescriptorSink(Protocol):
 SinkFactory = Callable[[int], DescriptorSink]
 
 
+def into_sink(descriptors: np.ndarray, sink: SinkFactory) -> Any:
+    """Descriptors computed elsewhere (e.g. on a cluster) given whole to a file's sink."""
+    target = sink(len(descriptors))
+    target.add(descriptors)
+    return target.finish()
+
+
 @dataclass
 class ExtractedVideo:
     """The outcome for one input: descriptors (or what a sink made of them), or the one-line reason

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import AusilError, IndexStoreError
 from ..features.backbone import DESCRIPTOR_DIM
-from ..features.extraction import ExtractedVideo, Extractor, LogMel, _log_mel_job
+from ..features.extraction import ExtractedVideo, Extractor, LogMel, SinkFactory, _log_mel_job, into_sink
 from ..model import AuSiLModel
 from ..progress import Progress, Stage, silent
 from ..search.engine import COMMIT_EVERY_VIDEOS, IndexReport, QueryResult
@@ -117,7 +117,7 @@ class RayDataExtraction(QueryDescriptors):
         self.model, self.workers = model, workers
         self.options = (device, batch_size, precision)
 
-    def run(self, paths: Iterable[Path]) -> Iterator[ExtractedVideo]:
+    def run(self, paths: Iterable[Path], sink: SinkFactory | None = None) -> Iterator[ExtractedVideo]:
         ray = _ray()
         paths = [str(p) for p in paths]
         if not paths:
@@ -133,7 +133,11 @@ class RayDataExtraction(QueryDescriptors):
                 yield ExtractedVideo(Path(row["path"]), error=str(row["error"]))
                 continue
             descriptors = np.frombuffer(row["descriptors"], dtype=np.float32).reshape(-1, DESCRIPTOR_DIM)
-            yield ExtractedVideo(Path(row["path"]), descriptors, float(row["duration_s"]))
+            if sink is None:
+                yield ExtractedVideo(Path(row["path"]), descriptors, float(row["duration_s"]))
+            else:
+                yield ExtractedVideo(Path(row["path"]), None, float(row["duration_s"]),
+                                     consumed=into_sink(descriptors, sink))
 
 
 class ShardWriter:

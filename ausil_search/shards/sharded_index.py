@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ..errors import AusilError, IndexStoreError
-from ..features.extraction import ExtractedVideo, Extractor
+from ..features.extraction import ExtractedVideo, Extractor, SinkFactory
 from ..media.scan import walk_media
 from ..model import AuSiLModel
 from ..progress import Progress, Stage, silent
@@ -66,13 +66,15 @@ class QueryDescriptors:
     def release(self) -> None:
         self._held = None
 
-    def descriptors(self, path: Path) -> ExtractedVideo:
+    def descriptors(self, path: Path, sink: SinkFactory | None = None) -> ExtractedVideo:
+        if sink is not None:  # indexing streams into a store: nothing to share
+            return self.extractor().descriptors(Path(path), sink)
         if self._held is None or self._held.path != Path(path):
             self._held = self.extractor().descriptors(Path(path))
         return self._held
 
-    def run(self, paths: Iterable[Path]):
-        return self.extractor().run(paths)
+    def run(self, paths: Iterable[Path], sink: SinkFactory | None = None):
+        return self.extractor().run(paths, sink=sink)
 
 
 class ShardEngine(SearchEngine):
