@@ -58,12 +58,12 @@ class WindowLayout:
         starts = self.starts(len(segments))
         if self.count(len(segments)) > 1 << WINDOW_BITS:
             raise ValueError(f"{len(starts)} windows exceed the {1 << WINDOW_BITS} a video may have")
-        if self.pooling == "mean":
-            cumulative = np.concatenate([np.zeros((1, segments.shape[1]), np.float64), np.cumsum(segments, 0, np.float64)])
-            ends = np.minimum(starts + self.size, len(segments))
-            pooled = ((cumulative[ends] - cumulative[starts]) / (ends - starts)[:, None]).astype(np.float32)
-        else:
-            pooled = np.stack([segments[s:s + self.size].max(0) for s in starts])
+        # Window by window: a cumulative sum of a long video would hold several copies of its segments.
+        ends = np.minimum(starts + self.size, len(segments))
+        pooled = np.empty((len(starts), segments.shape[1]), dtype=np.float32)
+        for row, (start, end) in enumerate(zip(starts, ends)):
+            window = segments[start:end]
+            pooled[row] = window.mean(0, dtype=np.float64) if self.pooling == "mean" else window.max(0)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         np.divide(pooled, norms, out=pooled, where=norms > 0)
         return pooled
