@@ -25,7 +25,7 @@ from .backbone import SegmentEncoder
 from ..errors import AusilError, InputError
 from ..model import AuSiLModel
 from .scratch import ScratchDir, die_with_parent, spill_writes
-from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, segment_count
+from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, release_pages, segment_count
 
 # Log-mels longer than this (frames; ≈ 10 min) leave a worker through a temporary file.
 INLINE_FRAMES_MAX = 52_000
@@ -114,6 +114,16 @@ class ExtractedVideo:
         return self.error is None
 
 
+def write_npy_in_blocks(handle, frames: np.ndarray, rows: int = 65_536) -> None:
+    """`np.save` of a float32 (frames, mels) array, a block of rows at a time, each block's pages
+    released after it is written (a memory-mapped log-mel is not pulled into memory whole)."""
+    np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                  "fortran_order": False, "shape": frames.shape})
+    for start in range(0, len(frames), rows):
+        handle.write(np.ascontiguousarray(frames[start:start + rows], dtype=np.float32).tobytes())
+        release_pages(frames)
+
+
 def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None) -> LogMel:
     accumulator = LogMelAccumulator(frontend, spill_dir=spill_dir)
     n_samples = 0
@@ -130,7 +140,7 @@ def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None
         fd, spill = tempfile.mkstemp(prefix="ausil-logmel-", suffix=".npy", dir=spill_dir)
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.asarray(frames, dtype=np.float32))
+                write_npy_in_blocks(handle, frames)
         except BaseException:
             Path(spill).unlink(missing_ok=True)
             raise

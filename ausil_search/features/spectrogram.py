@@ -24,6 +24,7 @@ anonymous temporary file instead of RAM, so a three-hour film runs in bounded me
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator
@@ -227,6 +228,7 @@ class LogMelAccumulator:
             mel_power = self._interior_mel_power(block, mean) * power_scale
             frame = self._first_interior_frame + start
             highest_db = max(highest_db, _write_db(output, frame, mel_power))
+            release_pages(records, output)
         del records
         for first_frame, last_frame, samples, samples_start in (
             (0, min(self._first_interior_frame, n_frames), self._head, 0),
@@ -240,6 +242,7 @@ class LogMelAccumulator:
         for start in range(0, n_frames, _FRAMES_PER_BLOCK):
             block = output[start : start + _FRAMES_PER_BLOCK]
             np.maximum(block, floor, out=block)
+            release_pages(output)
         self._pending, self._head = [], np.empty(0)
         return output
 
@@ -335,6 +338,15 @@ class LogMelAccumulator:
             # Reserve the blocks first: a write to a mapped page the disk has no room for is a SIGBUS.
             os.posix_fallocate(backing.fileno(), 0, math.prod(shape) * np.dtype(np.float32).itemsize)
             return np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
+
+
+def release_pages(*arrays: np.ndarray) -> None:
+    """Take the pages of memory-mapped arrays out of this process's resident memory (they stay in
+    the file and the page cache): walking a long file's spill would otherwise count all of it."""
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)
+        if mapping is not None:
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _power(spectra: torch.Tensor) -> torch.Tensor:
