@@ -23,6 +23,7 @@ from ..errors import AusilError
 from ..evaluate.formats import is_feature_file, load_feature_file
 from ..media.scan import fingerprint
 from ..features.spectrogram import FrontEnd, log_mel, segment
+from .reports import ExtractionStats
 
 
 def backbone_fingerprint(backbone: WeakMxH64, frontend: FrontEnd) -> str:
@@ -150,3 +151,7 @@ class DescriptorSource:
     @property
     def segments_per_second(self) -> float:
         return self.segments / self.seconds if self.seconds else 0.0
+
+    def stats(self) -> ExtractionStats:
+        return ExtractionStats(segments_extracted=self.segments, seconds=round(self.seconds, 2),
+                               segments_per_s=round(self.segments_per_second, 1), cache_hits=self.cache_hits)
