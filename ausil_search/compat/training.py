@@ -1,7 +1,8 @@
 """Compatibility imports: head training now lives in :mod:`ausil_search.train`."""
 
 from ..media.sources import PATH_LIST_SUFFIXES, collect_media
-from ..train.descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint, decode_prefix
+from ..media.audio import load_audio
+from ..train.descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
 from ..train.configs import SelfSupervisedConfig, TrainConfig
 from ..train.examples import Example, augment_fingerprint, self_supervised_examples
 from ..train.head_job import TrainingJob, build_pool, fit_model_whitening, fit_whitening_model, train_head, train_model
@@ -14,6 +15,11 @@ from ..train.scaffold import TrainedModel, read_checkpoint
 from ..train.whitening import WhiteningFit, fit_whitening, fit_whitening_report
 
 StepRecord = HeadStep
+
+
+def decode_prefix(path, sample_rate: int, max_seconds: float):
+    """The first `max_seconds` of a file's audio (all of it for ``math.inf``): now ``media.audio.load_audio``."""
+    return load_audio(path, sample_rate, max_seconds)
 
 
 def loss_summary(history, buckets: int = 10) -> dict:

@@ -1,8 +1,13 @@
-"""Media files → per-segment backbone descriptors.
+"""A media file → its per-segment backbone descriptors: the one pipeline that index, query, train and
+the release commands share.
 
-Decoding and spectrograms run in worker processes while the backbone runs batched in the main
-process, so the two overlap. Long files travel from a worker as a temporary `.npy` that the main
-process memory-maps and feeds to the backbone batch by batch, which keeps memory bounded.
+:func:`path_descriptors` decodes a file (or its start) → log-mel → segments → backbone;
+:func:`signal_descriptors` does the same for audio already in memory (training's augmented
+excerpts). A feature file instead holds descriptors already (:mod:`.feature_files`).
+:class:`Extractor` runs the pipeline with a model's backbone over many files: decoding and
+spectrograms run in worker processes while the backbone runs batched in the main process, so the
+two overlap. Long files travel from a worker as a temporary `.npy` that the main process
+memory-maps and feeds to the backbone batch by batch, which keeps memory bounded.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .backbone import SegmentEncoder
 from ..errors import AusilError, InputError
 from ..model import AuSiLModel
 from .scratch import ScratchDir, die_with_parent, spill_writes
-from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, segment_count
+from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, log_mel, segment_count
 
 # Log-mels longer than this (frames; ≈ 10 min) leave a worker through a temporary file.
 INLINE_FRAMES_MAX = 52_000
@@ -59,10 +64,12 @@ class ExtractedVideo:
         return self.error is None
 
 
-def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None) -> LogMel:
+def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None,
+                    max_seconds: float | None = None) -> LogMel:
+    """The log-mel of a media file's audio (its first `max_seconds` when given), streamed."""
     accumulator = LogMelAccumulator(frontend, spill_dir=spill_dir)
     n_samples = 0
-    for chunk in decode_audio(path, sample_rate=frontend.sample_rate):
+    for chunk in decode_audio(path, sample_rate=frontend.sample_rate, max_seconds=max_seconds):
         accumulator.push(chunk)
         n_samples += len(chunk)
     if n_samples == 0:
@@ -80,6 +87,36 @@ def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None
             Path(spill).unlink(missing_ok=True)
             raise
     return LogMel(None, spill, duration)
+
+
+def encode_log_mel(spectrogram: LogMel, encoder: SegmentEncoder, frontend: FrontEnd) -> np.ndarray:
+    """The descriptors of a log-mel's segments (batch by batch, so a memory-mapped one is never loaded
+    whole); releases the log-mel's temporary file."""
+    try:
+        array = spectrogram.array()
+        if segment_count(len(array), frontend) == 0:
+            raise InputError("no segments")
+        return encoder.encode_batches(iter_segment_batches(array, frontend, encoder.batch_size))
+    finally:
+        spectrogram.release()
+
+
+def signal_descriptors(samples: np.ndarray, encoder: SegmentEncoder, frontend: FrontEnd) -> np.ndarray:
+    """The descriptors of audio in memory (mono, at the front-end's rate), as a file of it would give."""
+    return encode_log_mel(LogMel(log_mel(samples, frontend), None, len(samples) / frontend.sample_rate), encoder, frontend)
+
+
+def path_descriptors(path: Path, encoder: SegmentEncoder, frontend: FrontEnd,
+                     max_seconds: float | None = None) -> ExtractedVideo:
+    """The descriptors of one media file, in this process: its first `max_seconds` (all of it by
+    default) decoded → log-mel → segments → backbone. Raises InputError for unusable media.
+
+    Callers that also take feature files ask :func:`~.feature_files.stored_descriptors` first.
+    """
+    path = Path(path)
+    with ScratchDir() as scratch:
+        spectrogram = compute_log_mel(path, frontend, str(scratch), max_seconds)
+        return ExtractedVideo(path, encode_log_mel(spectrogram, encoder, frontend), spectrogram.duration_s)
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -139,19 +176,11 @@ class Extractor:
         return self.encoder.device
 
     def encode_log_mel(self, log_mel: LogMel) -> np.ndarray:
-        try:
-            array = log_mel.array()
-            if segment_count(len(array), self.frontend) == 0:
-                raise InputError("no segments")
-            return self.encoder.encode_batches(iter_segment_batches(array, self.frontend, self.batch_size))
-        finally:
-            log_mel.release()
+        return encode_log_mel(log_mel, self.encoder, self.frontend)
 
-    def descriptors(self, path: Path) -> ExtractedVideo:
-        """One file, in this process (queries); raises InputError for unusable media."""
-        with ScratchDir() as scratch:
-            log_mel = compute_log_mel(Path(path), self.frontend, str(scratch))
-            return ExtractedVideo(Path(path), self.encode_log_mel(log_mel), log_mel.duration_s)
+    def descriptors(self, path: Path, max_seconds: float | None = None) -> ExtractedVideo:
+        """One file, in this process (queries): see :func:`path_descriptors`."""
+        return path_descriptors(path, self.encoder, self.frontend, max_seconds)
 
     def run(self, paths: Iterable[Path]) -> Iterator[ExtractedVideo]:
         """Every path in order; files that fail are yielded with `error` set instead of raising.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import AusilError, InputError
-from ..evaluate.formats import is_feature_file
+from ..features.feature_files import is_feature_file
 from ..media.sources import collect_media
 from ..progress import Progress, Stage, silent
 from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
