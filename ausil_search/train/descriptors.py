@@ -94,9 +94,9 @@ class DescriptorCache:
 
 class DescriptorSource:
     """Descriptors of training media through the frozen backbone, cached: whole files (or their first
-    seconds) and feature files through :func:`~ausil_search.features.extraction.path_descriptors`, the
-    pipeline index and query use, and in-memory signals (augmented excerpts) through
-    :func:`~ausil_search.features.extraction.signal_descriptors`."""
+    seconds) through :func:`~ausil_search.features.extraction.path_descriptors`, the pipeline index and
+    query use, in-memory signals (augmented excerpts) through
+    :func:`~ausil_search.features.extraction.signal_descriptors`; feature files as stored (not cached)."""
 
     def __init__(
         self,
