@@ -202,7 +202,7 @@ def test_resume_reproduces_an_uninterrupted_run(media_dir, tmp_path):
     # Uninterrupted, with a worker process making the batches ...
     straight = AuSiLModel.initialise(seed=0).backbone
     report = train_backbone(straight, BackboneTrainingJob([media_dir], small_config(), tmp_path / "a", workers=1))
-    assert report["steps"] == 3 and report["steps_this_session"] == 3
+    assert report.steps == 3 and report.steps_this_session == 3
 
     # ... and interrupted by Ctrl-C after step 2, then resumed, batches made in-process.
     def interrupt_at_two(stage, completed, total=None, **_):  # the progress protocol
@@ -224,7 +224,7 @@ def test_resume_reproduces_an_uninterrupted_run(media_dir, tmp_path):
 
     resumed = AuSiLModel.initialise(seed=0).backbone  # fresh weights: everything must come from the checkpoint
     report = train_backbone(resumed, BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", resume=True, workers=0))
-    assert report["resumed_at"] == 2 and report["steps"] == 3
+    assert report.resumed_at == 2 and report.steps == 3
     expected, got = _state(straight), _state(resumed)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -277,6 +277,7 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_end():
 def test_library_returns_the_model_with_its_provenance(media_dir, tmp_path):
     """A Python user gets what `train-backbone` writes, without the CLI."""
     from ausil_search.train.backbone_trainer import train_backbone_model
+    from ausil_search.train.reports import BackboneTrainingReport
 
     job = BackboneTrainingJob([media_dir], small_config(steps=1), workers=0)
     trained = train_backbone_model(job, name="api-backbone")
@@ -287,6 +288,14 @@ def test_library_returns_the_model_with_its_provenance(media_dir, tmp_path):
     report_path = trained.save(tmp_path / "api.safetensors")
     report = json.loads(report_path.read_text())
     assert report["model"]["identity"] == AuSiLModel.load(tmp_path / "api.safetensors").identity
+    # typed for Python users, and its to_dict() is the file, keys in the order scripts have always seen
+    assert isinstance(trained.report, BackboneTrainingReport) and trained.report.steps == 1
+    assert report_path.read_text() == json.dumps(trained.report.to_dict(), indent=1)
+    assert list(report) == ["steps", "resumed_at", "steps_this_session", "train_seconds", "steps_per_s", "segments_per_s",
+                            "total_train_seconds", "calibration_seconds", "device", "workers", "loss", "data", "config",
+                            "output", "model"]
+    assert list(report["loss"]) == ["first_steps_mean", "last_steps_mean", "first_steps_accuracy", "last_steps_accuracy",
+                                    "steps_averaged", "curve"]
 
 
 def test_view_workers_die_with_a_killed_trainer(media_dir, tmp_path):

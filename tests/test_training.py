@@ -203,10 +203,15 @@ def test_train_command_writes_a_model_and_report(pool_setup, recordings, tmp_pat
     report = json.loads(result.stdout)
     # every descriptor comes from the cache the fixture filled (same examples, same keys)
     assert report["steps"] == 6 and report["extraction"]["segments_extracted"] == 0
+    # the report's keys and their order are an interface (scripts read them): HeadTrainingReport.to_dict()
+    assert list(report) == ["steps", "resumed_at", "train_seconds", "steps_per_s", "loss", "pool", "extraction",
+                            "mining", "device", "seconds", "output", "model"]
+    assert list(report["loss"]) == ["first_steps_mean", "last_steps_mean", "curve", "last_active_fraction",
+                                    "last_regularisation"]
     trained = AuSiLModel.load(out)
     assert trained.metadata["training"]["config"]["steps"] == 6
     assert not torch.equal(trained.head.context, torch.zeros_like(trained.head.context))
-    assert json.loads((tmp_path / "trained.report.json").read_text())["steps"] == 6
+    assert (tmp_path / "trained.report.json").read_text() == json.dumps(report, indent=1)
     # the checkpoint exists now: a second run must say how to continue instead of overwriting it
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
@@ -225,6 +230,10 @@ def test_fit_whitening_reads_whole_recordings_when_no_limit_is_given(recordings,
     frontend = FrontEnd()
     expected = sum(segment_count(1 + round((13.0 + i) * SR) // frontend.hop_length, frontend) for i in range(5))
     assert summary["files"] == 5 and summary["segments"] == expected
+    assert list(summary) == ["segments", "shrinkage", "ledoit_wolf", "eps", "mean_eigenvalue", "dims_for_90pct_variance",
+                             "files", "extraction", "output", "model"]
+    assert summary["model"] == AuSiLModel.load(out).identity
+    assert not out.with_suffix(".report.json").exists()  # fit-whitening prints its report; the model records the fit
     whitened = AuSiLModel.load(out)
     assert not torch.equal(whitened.head.pca_weights, torch.eye(whitened.head.pca_weights.shape[0]))
 

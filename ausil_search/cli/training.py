@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from ..train.configs import BackboneTrainConfig, SelfSupervisedConfig, TrainConfig, ViewRecipe
+from ..train.configs import (
+    BACKBONE_MODEL_NAME,
+    BackboneTrainConfig,
+    BackboneTrainingJob,
+    SelfSupervisedConfig,
+    TrainConfig,
+    TrainingJob,
+    ViewRecipe,
+)
 from .base import DEVICE_HELP, MODEL_HELP, cli, emit_json
 from .progress import ProgressDisplay
 
@@ -49,7 +57,7 @@ def _save_trained(trained, output: Path, float16: bool, as_json: bool) -> Path |
     returns where the report went."""
     report_path = trained.save(output, float16)
     if as_json:
-        emit_json(trained.report)
+        emit_json(trained.report.to_dict())
         return None
     return report_path
 
@@ -86,13 +94,13 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
             load_model(model_spec), sources, cache_path or output.with_suffix(".descriptors.h5"), shrinkage, max_seconds,
             device, progress=progress, command=_recorded_command(), width=width,
         )
-    fitted.model.save(output)
-    summary = {**fitted.report, "output": str(output), "model": fitted.model.identity}
+    fitted.save(output)
     if as_json:
-        emit_json(summary)
+        emit_json(fitted.report.to_dict())
     else:
-        click.echo(f"whitening fitted on {summary['segments']} segments of {summary['files']} files "
-                   f"(shrinkage {summary['shrinkage']:.3f}), width {summary['width']} → {output}")
+        report = fitted.report
+        click.echo(f"whitening fitted on {report.fit.segments} segments of {report.files} files "
+                   f"(shrinkage {report.fit.shrinkage:.3f}), width {report.fit.width} → {output}")
 
 
 @cli.command()
@@ -103,7 +111,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
               help="Labelled pairs: annotation JSON {query: {label: [ids]}} (with --videos).")
 @click.option("--videos", "video_list", type=click.Path(path_type=Path), default=None,
               help="'<id> <path>' list of the annotated videos (media or .npz feature files).")
-@click.option("--labels", default="DA", show_default=True, help="Comma-separated annotation labels that count as positives.")
+@click.option("--labels", default=",".join(TrainingJob.relevant_labels), show_default=True, help="Comma-separated annotation labels that count as positives.")
 @click.option("--steps", type=click.IntRange(min=1), default=TrainConfig.steps, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=TrainConfig.batch_size, show_default=True, help="Triplets per step.")
 @click.option("--margin", type=float, default=TrainConfig.margin, show_default=True, help="γ of the triplet loss.")
@@ -114,7 +122,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
               help="d of the hard-negative rule D(v,v−) < D(v,v+) + d (global features).")
 @click.option("--max-segments", type=click.IntRange(min=4), default=TrainConfig.max_segments, show_default=True,
               help="Longer videos are cropped to a random run of this many segments per use.")
-@click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default="fit", show_default=True,
+@click.option("--whitening", type=click.Choice(["fit", "keep", "train"]), default=TrainingJob.whitening, show_default=True,
               help="fit: from the training segments, then fixed; keep: the input model's; train: fit, then fine-tune.")
 @click.option("--shrinkage", type=click.FloatRange(0, 1, max_open=True), default=None, help="Whitening shrinkage (see fit-whitening).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help=WIDTH_HELP)
@@ -131,7 +139,7 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--short-query-seconds", default=_range_text(SelfSupervisedConfig.short_query_seconds), show_default=True,
               help="Self-supervised: the short query's length in those examples, MIN:MAX.")
 @click.option("--modes", default=",".join(SelfSupervisedConfig.modes), show_default=True, help="Augmentation modes, alternated over examples.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=TrainingJob.val_fraction, show_default=True,
               help="Recordings (or queries) held out to report Chamfer separation before and after.")
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), default=None,
               help="HDF5 descriptor cache; default: CHECKPOINT_DIR/descriptors.h5, else OUTPUT with .descriptors.h5.")
@@ -158,7 +166,7 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     """
     from ..media.augment import MODES
     from ..model import load_model
-    from ..train.head_job import TrainingJob, train_head
+    from ..train.head_job import train_head
 
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in mode_list if m not in MODES]
@@ -189,13 +197,13 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     if report_path is None:
         return
     report, model = trained.report, trained.model
-    loss = report["loss"]
-    click.echo(f"{report['steps']} steps in {report['train_seconds']:.1f} s ({report['steps_per_s']} steps/s): "
-               f"loss {loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}")
-    if "validation_after" in report:
-        before, after = report.get("validation_before", {}), report["validation_after"]
-        click.echo(f"validation separation {before.get('separation')} → {after['separation']} "
-                   f"(top-1 {before.get('top1')} → {after['top1']})")
+    loss = report.loss
+    click.echo(f"{report.steps} steps in {report.train_seconds:.1f} s ({report.steps_per_s} steps/s): "
+               f"loss {loss and loss.first_steps_mean} → {loss and loss.last_steps_mean}")
+    if report.validation_after is not None:
+        before, after = report.setup.validation_before, report.validation_after
+        click.echo(f"validation separation {before and before.separation} → {after.separation} "
+                   f"(top-1 {before and before.top1} → {after.top1})")
     click.echo(f"model → {output} ({model.identity}); report → {report_path}")
 
 
@@ -221,13 +229,13 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
               help="Non-overlapping excerpts of one recording in a batch, negatives of each other (1: none).")
 @click.option("--calibration-batches", type=click.IntRange(min=1), default=BackboneTrainConfig.calibration_batches, show_default=True,
               help="Batches over which BatchNorm statistics are recomputed at the end.")
-@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=BackboneTrainingJob.workers, show_default=True,
               help="Processes making augmented views ahead of the trainer (0: in-process).")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None, help="Where checkpoints go (resumable runs).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=BackboneTrainConfig.checkpoint_every, show_default=True, help="Steps between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (same data and settings; --steps may grow).")
 @click.option("--seed", type=int, default=BackboneTrainConfig.seed, show_default=True, help="Initialisation (without --model) and data order.")
-@click.option("--name", default="ausil-ssl-backbone", show_default=True, help="Name of the written model.")
+@click.option("--name", default=BACKBONE_MODEL_NAME, show_default=True, help="Name of the written model.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
@@ -247,7 +255,7 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     --resume continues it exactly. Writes OUTPUT and OUTPUT's .report.json.
     """
     from ..model import load_model
-    from ..train.backbone_trainer import BackboneTrainingJob, train_backbone_model
+    from ..train.backbone_trainer import train_backbone_model
 
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                  decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
@@ -263,8 +271,8 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     if report_path is None:
         return
     report, model = trained.report, trained.model
-    loss = report["loss"]
-    click.echo(f"{report['steps']} steps ({report['steps_per_s']} steps/s this session): loss "
-               f"{loss.get('first_steps_mean')} → {loss.get('last_steps_mean')}, partner found "
-               f"{loss.get('first_steps_accuracy')} → {loss.get('last_steps_accuracy')}")
+    loss = report.loss
+    click.echo(f"{report.steps} steps ({report.steps_per_s} steps/s this session): loss "
+               f"{loss and loss.first_steps_mean} → {loss and loss.last_steps_mean}, partner found "
+               f"{loss and loss.first_steps_accuracy} → {loss and loss.last_steps_accuracy}")
     click.echo(f"model → {output} ({model.identity}); report → {report_path}")

@@ -14,12 +14,11 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_output
-from ..errors import AusilError, InputError
+from ..errors import AusilError
+from ..features.feature_files import FEATURE_KEY, FEATURE_SUFFIXES, is_feature_file, load_feature_file  # noqa: F401
 from ..media.sources import ListEntry, read_video_list  # noqa: F401  (the release's list format)
 
 FEATURE_FILE_NAME = "wlaf.npz"
-FEATURE_KEY = "features"
-FEATURE_SUFFIXES = (".npz", ".npy")
 
 
 def read_ids(ids_path: Path) -> list[str]:
@@ -28,30 +27,6 @@ def read_ids(ids_path: Path) -> list[str]:
     if not ids_path.is_file():
         raise AusilError(f"{ids_path}: ids file not found")
     return [line.split()[0] for line in ids_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def is_feature_file(path: Path) -> bool:
-    return Path(path).suffix.lower() in FEATURE_SUFFIXES
-
-
-def load_feature_file(path: Path) -> np.ndarray:
-    """Segment descriptors (N × D float32) from a release `.npz` (key `features`) or a `.npy`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: feature file not found")
-    try:
-        if path.suffix.lower() == ".npy":
-            features = np.load(path, allow_pickle=False)
-        else:
-            with np.load(path, allow_pickle=False) as data:
-                if FEATURE_KEY not in data:
-                    raise InputError(f"{path}: no '{FEATURE_KEY}' array in the file")
-                features = data[FEATURE_KEY]
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable feature file ({exc})") from None
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise InputError(f"{path}: expected a non-empty N × D matrix, got shape {features.shape}")
-    return features.astype(np.float32, copy=False)
 
 
 def feature_path(output_dir: Path, video_id: str) -> Path:

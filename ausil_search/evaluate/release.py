@@ -17,13 +17,12 @@ import torch
 
 from ..errors import InputError
 from ..features.extraction import Extractor
+from ..features.feature_files import stored_descriptors
 from .formats import (
     HDF5FeatureWriter,
     ListEntry,
     chunked,
     feature_path,
-    is_feature_file,
-    load_feature_file,
     save_feature_file,
 )
 from ..model.head import AuSiLHead
@@ -106,8 +105,9 @@ class FeatureSource:
         self._extractor: Extractor | None = None
 
     def descriptors(self, entry: ListEntry) -> np.ndarray:
-        if is_feature_file(entry.path):
-            return load_feature_file(entry.path)
+        stored = stored_descriptors(entry.path)
+        if stored is not None:  # no network needed for feature files
+            return stored
         if self._extractor is None:
             self._extractor = self._extractor_factory()
         return self._extractor.descriptors(entry.path).descriptors

@@ -1,3 +1,4 @@
-"""Audio → segment descriptors: the log-mel and its segments (`spectrogram`), the CNN (`backbone`), and
-`extraction` for many files at once (worker processes, per-run `scratch` directories).
+"""Audio → segment descriptors: the log-mel and its segments (`spectrogram`), the CNN (`backbone`),
+`extraction` (the one path → descriptors pipeline, for one file or many: worker processes, per-run
+`scratch` directories), and `feature_files` (descriptors stored by `extract`, read back as they are).
 """

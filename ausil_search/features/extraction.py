@@ -1,9 +1,14 @@
-"""Media files → per-segment backbone descriptors.
+"""A media file → its per-segment backbone descriptors: the one pipeline that index, query, train and
+the release commands share.
 
-Decoding and spectrograms run in worker processes while the backbone runs batched in the main
-process, so the two overlap. Long files travel from a worker as a temporary `.npy` that the main
-process reads and feeds to the backbone batch by batch, and a caller that wants less than the
-descriptors (the indexer: compact embedded segments) consumes them batch by batch too, so memory
+:func:`path_descriptors` decodes a file (or its start) → log-mel → segments → backbone;
+:func:`signal_descriptors` does the same for audio already in memory (training's augmented
+excerpts). A feature file instead holds descriptors already (:mod:`.feature_files`).
+:class:`Extractor` runs the pipeline with a model's backbone over many files: decoding and
+spectrograms run in worker processes while the backbone runs batched in the main process, so the
+two overlap. Long files travel from a worker as a temporary `.npy` that the main process
+reads and feeds to the backbone batch by batch, and a caller that wants less than the descriptors
+(the indexer: compact embedded segments) consumes them batch by batch too (a sink), so memory
 stays bounded whatever the file's length.
 """
 
@@ -25,7 +30,7 @@ from .backbone import SegmentEncoder
 from ..errors import AusilError, InputError
 from ..model import AuSiLModel
 from .scratch import ScratchDir, die_with_parent, spill_writes
-from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, release_pages, segment_count
+from .spectrogram import FrontEnd, LogMelAccumulator, iter_segment_batches, log_mel, release_pages, segment_count
 
 # Log-mels longer than this (frames; ≈ 10 min) leave a worker through a temporary file.
 INLINE_FRAMES_MAX = 52_000
@@ -124,10 +129,12 @@ def write_npy_in_blocks(handle, frames: np.ndarray, rows: int = 65_536) -> None:
         release_pages(frames)
 
 
-def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None) -> LogMel:
+def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None,
+                    max_seconds: float | None = None) -> LogMel:
+    """The log-mel of a media file's audio (its first `max_seconds` when given), streamed."""
     accumulator = LogMelAccumulator(frontend, spill_dir=spill_dir)
     n_samples = 0
-    for chunk in decode_audio(path, sample_rate=frontend.sample_rate):
+    for chunk in decode_audio(path, sample_rate=frontend.sample_rate, max_seconds=max_seconds):
         accumulator.push(chunk)
         n_samples += len(chunk)
     if n_samples == 0:
@@ -145,6 +152,54 @@ def compute_log_mel(path: Path, frontend: FrontEnd, spill_dir: str | None = None
             Path(spill).unlink(missing_ok=True)
             raise
     return LogMel(None, spill, duration)
+
+
+def encode_log_mel(spectrogram: LogMel, encoder: SegmentEncoder, frontend: FrontEnd,
+                   sink: SinkFactory | None = None) -> np.ndarray | Any:
+    """The descriptors of a log-mel's segments (batch by batch, so a spilled one is never loaded
+    whole), or, with `sink`, what a sink fed them batch by batch made of them; releases the
+    log-mel's temporary file."""
+    try:
+        array = spectrogram.array()
+        n_segments = segment_count(len(array), frontend)
+        if n_segments == 0:
+            raise InputError("no segments")
+        batches = iter_segment_batches(array, frontend, encoder.batch_size)
+        if sink is None:
+            return encoder.encode_batches(batches)
+        consumer = sink(n_segments)
+        for descriptors in encoder.iter_encode_batches(batches):
+            consumer.add(descriptors)
+        return consumer.finish()
+    finally:
+        spectrogram.release()
+
+
+def extracted_video(path: Path, spectrogram: LogMel, encoder: SegmentEncoder, frontend: FrontEnd,
+                    sink: SinkFactory | None = None) -> ExtractedVideo:
+    encoded = encode_log_mel(spectrogram, encoder, frontend, sink)
+    if sink is None:
+        return ExtractedVideo(path, encoded, spectrogram.duration_s)
+    return ExtractedVideo(path, None, spectrogram.duration_s, consumed=encoded)
+
+
+def signal_descriptors(samples: np.ndarray, encoder: SegmentEncoder, frontend: FrontEnd) -> np.ndarray:
+    """The descriptors of audio in memory (mono, at the front-end's rate), as a file of it would give."""
+    return encode_log_mel(LogMel(log_mel(samples, frontend), None, len(samples) / frontend.sample_rate), encoder, frontend)
+
+
+def path_descriptors(path: Path, encoder: SegmentEncoder, frontend: FrontEnd,
+                     max_seconds: float | None = None, sink: SinkFactory | None = None) -> ExtractedVideo:
+    """The descriptors of one media file, in this process: its first `max_seconds` (all of it by
+    default) decoded → log-mel → segments → backbone (into `sink` when given, see
+    :func:`encode_log_mel`). Raises InputError for unusable media.
+
+    Callers that also take feature files ask :func:`~.feature_files.stored_descriptors` first.
+    """
+    path = Path(path)
+    with ScratchDir() as scratch:
+        return extracted_video(path, compute_log_mel(path, frontend, str(scratch), max_seconds), encoder, frontend,
+                               sink)
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -204,32 +259,14 @@ class Extractor:
         return self.encoder.device
 
     def encode_log_mel(self, log_mel: LogMel, sink: SinkFactory | None = None) -> np.ndarray | Any:
-        """The descriptors of a log-mel, or, with `sink`, what a sink fed them batch by batch made of them."""
-        try:
-            array = log_mel.array()
-            n_segments = segment_count(len(array), self.frontend)
-            if n_segments == 0:
-                raise InputError("no segments")
-            batches = iter_segment_batches(array, self.frontend, self.batch_size)
-            if sink is None:
-                return self.encoder.encode_batches(batches)
-            consumer = sink(n_segments)
-            for descriptors in self.encoder.iter_encode_batches(batches):
-                consumer.add(descriptors)
-            return consumer.finish()
-        finally:
-            log_mel.release()
+        return encode_log_mel(log_mel, self.encoder, self.frontend, sink)
 
     def _extracted(self, path: Path, log_mel: LogMel, sink: SinkFactory | None) -> ExtractedVideo:
-        encoded = self.encode_log_mel(log_mel, sink)
-        if sink is None:
-            return ExtractedVideo(path, encoded, log_mel.duration_s)
-        return ExtractedVideo(path, None, log_mel.duration_s, consumed=encoded)
+        return extracted_video(path, log_mel, self.encoder, self.frontend, sink)
 
-    def descriptors(self, path: Path, sink: SinkFactory | None = None) -> ExtractedVideo:
-        """One file, in this process (queries); raises InputError for unusable media."""
-        with ScratchDir() as scratch:
-            return self._extracted(Path(path), compute_log_mel(Path(path), self.frontend, str(scratch)), sink)
+    def descriptors(self, path: Path, sink: SinkFactory | None = None, max_seconds: float | None = None) -> ExtractedVideo:
+        """One file, in this process (queries): see :func:`path_descriptors`."""
+        return path_descriptors(path, self.encoder, self.frontend, max_seconds, sink)
 
     def run(self, paths: Iterable[Path], sink: SinkFactory | None = None) -> Iterator[ExtractedVideo]:
         """Every path in order; files that fail are yielded with `error` set instead of raising.

@@ -13,6 +13,7 @@ far is kept. Only when nothing at all decodes is it an :class:`InputError`.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import stat
 import warnings
@@ -68,17 +69,34 @@ def probe(path: PathLike) -> MediaInfo:
 
 
 def decode_audio(
-    path: PathLike, sample_rate: int = SAMPLE_RATE, chunk_samples: int = 1 << 18
+    path: PathLike, sample_rate: int = SAMPLE_RATE, chunk_samples: int = 1 << 18, max_seconds: float | None = None
 ) -> Iterator[np.ndarray]:
     """Yield the first audio stream, downmixed to mono and resampled, as float32 chunks.
 
     Every chunk holds exactly ``chunk_samples`` samples except the last (1 to ``chunk_samples``).
+    With ``max_seconds`` (finite), only that much of the start is decoded; the rest is never read.
     Problems visible from the header (missing, empty, not media, no audio stream) raise InputError
     right here; a stream that turns out to decode to nothing raises InputError from the iteration.
     """
     if sample_rate <= 0 or chunk_samples <= 0:
         raise ValueError(f"sample_rate and chunk_samples must be positive, got {sample_rate}, {chunk_samples}")
-    return _fixed_size_chunks(_open_audio(path), path, sample_rate, chunk_samples)
+    chunks = _fixed_size_chunks(_open_audio(path), path, sample_rate, chunk_samples)
+    if max_seconds is None or not math.isfinite(max_seconds):
+        return chunks
+    return _first_samples(chunks, int(max_seconds * sample_rate))
+
+
+def _first_samples(chunks: Iterator[np.ndarray], limit: int) -> Iterator[np.ndarray]:
+    count = 0
+    try:
+        for chunk in chunks:
+            piece = chunk[: limit - count]
+            count += len(piece)
+            yield piece
+            if count >= limit:
+                return
+    finally:
+        chunks.close()  # closes the container now rather than when collected
 
 
 def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -114,9 +132,10 @@ def read_excerpt(path: PathLike, start_s: float, n_samples: int, sample_rate: in
     return out
 
 
-def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The whole decode as one array; for short files and tests (a long file's decode is large)."""
-    return np.concatenate(list(decode_audio(path, sample_rate)))
+def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """The whole decode (or its first ``max_seconds``) as one array; for short files, excerpts and tests
+    (a long file's decode is large)."""
+    return np.concatenate(list(decode_audio(path, sample_rate, max_seconds=max_seconds)))
 
 
 def _open_audio(path: PathLike) -> av.container.InputContainer:

@@ -8,7 +8,8 @@ examples) → :mod:`.pools` (triplet pools) → :mod:`.whitening` → :mod:`.min
 Backbone (`ausil-search train-backbone`): :mod:`.backbone_views` (batches of augmented views) →
 :mod:`.backbone_trainer`.
 
-Both trainers share :mod:`.scaffold` (checkpoints, resume checks, Ctrl-C, step records). The
-model's maths live in :mod:`ausil_search.model.head` and :mod:`ausil_search.features.backbone`: training calls
-them, it does not copy them.
+Both trainers share :mod:`.scaffold` (checkpoints, resume checks, Ctrl-C, step records),
+:mod:`.configs` (settings and jobs) and :mod:`.reports` (the typed reports they return). The
+model's maths live in :mod:`ausil_search.model.head` and :mod:`ausil_search.features.backbone`, and
+descriptors come from :mod:`ausil_search.features.extraction`: training calls them, it does not copy them.
 """

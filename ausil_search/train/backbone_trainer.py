@@ -16,8 +16,8 @@ unchanged, so the result is an ordinary model file and the official weights stil
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from ..features.backbone import WeakMxH64
 from ..features.spectrogram import FrontEnd
 from ..progress import Progress, Stage, silent
 from .backbone_views import AudioCorpus, ViewBatch, ViewBatches
-from .configs import BackboneTrainConfig
+from .configs import BACKBONE_MODEL_NAME, BackboneTrainConfig, BackboneTrainingJob
+from .reports import BackboneLossSummary, BackboneTrainingReport, CorpusSummary
 from .scaffold import StepRecord, StopRequest, TrainedModel, checkpoint_to_use, read_checkpoint, write_checkpoint
 
 CHECKPOINT_FORMAT = "ausil-backbone-checkpoint/1"
@@ -181,33 +182,9 @@ class BackboneTrainer:
 # --------------------------------------------------------------------------- the whole run
 
 
-@dataclass
-class BackboneTrainingJob:
-    sources: list[Path]
-    config: BackboneTrainConfig = field(default_factory=BackboneTrainConfig)
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    device: str | None = None
-    workers: int = 1
-
-
-def _loss_summary(history: Sequence[BackboneStep]) -> dict:
-    if not history:
-        return {}
-    span = max(1, min(20, len(history) // 5 or 1))
-    mean = lambda records, key: round(float(np.mean([getattr(r, key) for r in records])), 4)  # noqa: E731
-    return {
-        "first_steps_mean": mean(history[:span], "loss"), "last_steps_mean": mean(history[-span:], "loss"),
-        "first_steps_accuracy": mean(history[:span], "accuracy"),
-        "last_steps_accuracy": mean(history[-span:], "accuracy"), "steps_averaged": span,
-        "curve": [round(float(np.mean([r.loss for r in history[i : i + span]])), 4)
-                  for i in range(0, len(history), span)],
-    }
-
-
 def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob, progress: Progress = silent,
-                   frontend: FrontEnd = FrontEnd()) -> dict:
-    """Train ``backbone`` in place (resuming from ``job.checkpoint_dir`` if asked) and return a report.
+                   frontend: FrontEnd = FrontEnd()) -> BackboneTrainingReport:
+    """Train ``backbone`` in place (resuming from ``job.checkpoint_dir`` if asked) and return the run's report.
 
     The backbone ends in eval mode with recalibrated BatchNorm statistics. ``progress`` hears of the
     stages ``scan`` (the recordings) and ``train-backbone`` (steps, with the loss and the accuracy).
@@ -235,25 +212,26 @@ def train_backbone(backbone: WeakMxH64, job: BackboneTrainingJob, progress: Prog
         batches.close()
     backbone.to("cpu", memory_format=torch.contiguous_format).eval()
     steps_run = trainer.step - resumed_at
-    return {
-        "steps": trainer.step,
-        "resumed_at": resumed_at if job.resume else None,
-        "steps_this_session": steps_run,
-        "train_seconds": round(train_seconds, 2),
-        "steps_per_s": round(steps_run / train_seconds, 4) if steps_run and train_seconds > 0 else None,
-        "segments_per_s": round(2 * config.batch_size * steps_run / train_seconds, 2) if steps_run and train_seconds > 0 else None,
-        "total_train_seconds": round(trainer.elapsed_s, 2),
-        "calibration_seconds": round(calibration_seconds, 2),
-        "device": str(device),
-        "workers": job.workers,
-        "loss": _loss_summary(trainer.history),
-        "data": {"files": len(corpus), "hours": round(corpus.hours, 3), "fingerprint": corpus.fingerprint(),
-                 "sources": [str(s) for s in job.sources]},
-        "config": config.to_dict(),
-    }
+    speed = steps_run and train_seconds > 0
+    return BackboneTrainingReport(
+        steps=trainer.step,
+        resumed_at=resumed_at if job.resume else None,
+        steps_this_session=steps_run,
+        train_seconds=round(train_seconds, 2),
+        steps_per_s=round(steps_run / train_seconds, 4) if speed else None,
+        segments_per_s=round(2 * config.batch_size * steps_run / train_seconds, 2) if speed else None,
+        total_train_seconds=round(trainer.elapsed_s, 2),
+        calibration_seconds=round(calibration_seconds, 2),
+        device=str(device),
+        workers=job.workers,
+        loss=BackboneLossSummary.of(trainer.history),
+        data=CorpusSummary(files=len(corpus), hours=round(corpus.hours, 3), fingerprint=corpus.fingerprint(),
+                           sources=[str(s) for s in job.sources]),
+        config=config,
+    )
 
 
-def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = "ausil-ssl-backbone", command: str | None = None,
+def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = BACKBONE_MODEL_NAME, command: str | None = None,
                          progress: Progress = silent) -> TrainedModel:
     """Train ``start``'s backbone (an AuSiLModel; default: the seeded random initialisation) and return
     a model of it with a neutral head, its metadata recording where it started and how it was trained."""
@@ -265,12 +243,13 @@ def train_backbone_model(job: BackboneTrainingJob, start=None, name: str = "ausi
     report = train_backbone(model.backbone, job, progress, frontend=model.frontend)
     trained = AuSiLModel(model.backbone, initial.head, model.frontend, {
         "name": name,
-        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "version": f"{time.strftime('%Y%m%d')}-s{report.steps}",
         "description": "weak_mxh64_1024 backbone trained self-supervised (contrastive, segment level) by "
                        "ausil-search train-backbone; identity whitening, neutral attention, pass-through comparator.",
         "source": command or "ausil_search.train.backbone_trainer.train_backbone_model",
-        "backbone_training": {"from": start_identity, "steps": report["steps"], "config": report["config"],
-                              "data": report["data"], "loss": {k: v for k, v in report["loss"].items() if k != "curve"},
-                              "train_seconds": report["total_train_seconds"], "device": report["device"]},
+        "backbone_training": {"from": start_identity, "steps": report.steps, "config": report.config.to_dict(),
+                              "data": report.data.to_dict(),
+                              "loss": {k: v for k, v in report.loss_dict().items() if k != "curve"},
+                              "train_seconds": report.total_train_seconds, "device": report.device},
     })
     return TrainedModel(trained, report)

@@ -1,4 +1,4 @@
-"""The settings of the training runs, as plain dataclasses (no torch), so the CLI takes its defaults from them.
+"""The settings and jobs of the training runs, as plain dataclasses (no torch), so the CLI takes its defaults from them.
 
 A resumed run must use the settings its checkpoint was made with, except the few each config
 lists as resumable; :func:`changed_settings` names the others that differ.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import AusilError
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from ..features.spectrogram import FrontEnd
 
 RECIPE_VERSION = "contrastive-views/2"
+BACKBONE_MODEL_NAME = "ausil-ssl-backbone"  # the name a trained backbone's model file gets unless told
 
 
 def changed_settings(mine: dict, saved: dict, resumable: tuple[str, ...]) -> list[str]:
@@ -73,6 +75,40 @@ class TrainConfig:
 
     def incompatible(self, saved: dict) -> list[str]:
         return changed_settings(asdict(self), saved, self._RESUMABLE_CHANGES)
+
+
+@dataclass
+class TrainingJob:
+    """What `ausil-search train` asks for: data sources, recipe, and where state goes."""
+
+    sources: list[Path] = field(default_factory=list)  # unlabelled media for self-supervised triplets
+    annotation: Path | None = None  # release-style {query: {label: [ids]}}
+    video_list: Path | None = None  # '<id> <path>' lines for the annotation's videos
+    relevant_labels: tuple[str, ...] = ("DA",)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    self_supervised: SelfSupervisedConfig = field(default_factory=SelfSupervisedConfig)
+    whitening: str = "fit"  # fit: from the training descriptors; keep: the input model's
+    whitening_shrinkage: float | None = None  # None: Ledoit–Wolf
+    val_fraction: float = 0.0
+    cache_path: Path | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    device: str | None = None
+    precision: str = "fused"
+
+    def recipe(self) -> dict:
+        from .examples import augment_fingerprint
+
+        return {
+            "config": asdict(self.config),
+            "self_supervised": asdict(self.self_supervised) if self.sources else None,
+            "annotation": str(self.annotation) if self.annotation else None,
+            "relevant_labels": list(self.relevant_labels),
+            "whitening": self.whitening,
+            "whitening_shrinkage": self.whitening_shrinkage,
+            "val_fraction": self.val_fraction,
+            "augment_version": augment_fingerprint(),
+        }
 
 
 @dataclass(frozen=True)
@@ -173,3 +209,15 @@ class BackboneTrainConfig:
         warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
         decay = min(1.0, (self.steps - step) / self.decay_steps) if self.decay_steps else 1.0
         return self.lr * min(warm, max(decay, 0.0))
+
+
+@dataclass
+class BackboneTrainingJob:
+    """What `ausil-search train-backbone` asks for: recordings, settings, and where state goes."""
+
+    sources: list[Path]
+    config: BackboneTrainConfig = field(default_factory=BackboneTrainConfig)
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+    device: str | None = None
+    workers: int = 1  # processes making view batches ahead of the trainer (0: in-process)

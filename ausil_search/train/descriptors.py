@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +16,13 @@ import h5py
 import numpy as np
 import torch
 
-from ..media.audio import decode_audio
-from ..features.backbone import SegmentEncoder, WeakMxH64
 from ..errors import AusilError
-from ..evaluate.formats import is_feature_file, load_feature_file
+from ..features.backbone import SegmentEncoder, WeakMxH64
+from ..features.extraction import path_descriptors, signal_descriptors
+from ..features.feature_files import stored_descriptors
+from ..features.spectrogram import FrontEnd
 from ..media.scan import fingerprint
-from ..features.spectrogram import FrontEnd, log_mel, segment
+from .reports import ExtractionStats
 
 
 def backbone_fingerprint(backbone: WeakMxH64, frontend: FrontEnd) -> str:
@@ -92,21 +92,11 @@ class DescriptorCache:
         self.close()
 
 
-def decode_prefix(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """The first `max_seconds` of a file's audio (mono float32; all of it for ``math.inf``),
-    without decoding the rest."""
-    limit = int(max_seconds * sample_rate) if math.isfinite(max_seconds) else np.iinfo(np.int64).max
-    pieces, count = [], 0
-    for chunk in decode_audio(path, sample_rate):
-        pieces.append(chunk[: limit - count])
-        count += len(pieces[-1])
-        if count >= limit:
-            break
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-
-
 class DescriptorSource:
-    """Descriptors of media (whole files or in-memory signals) through the frozen backbone, cached."""
+    """Descriptors of training media through the frozen backbone, cached: whole files (or their first
+    seconds) through :func:`~ausil_search.features.extraction.path_descriptors`, the pipeline index and
+    query use, in-memory signals (augmented excerpts) through
+    :func:`~ausil_search.features.extraction.signal_descriptors`; feature files as stored (not cached)."""
 
     def __init__(
         self,
@@ -124,29 +114,40 @@ class DescriptorSource:
         self.seconds = 0.0  # time spent extracting (decode, augment, log-mel, backbone)
         self.cache_hits = 0
 
-    def of_signal(self, key: str, make_signal: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
-        """Descriptors for `key`; on a miss `make_signal()` gives (samples at the front-end rate, attrs)."""
+    def _cached(self, key: str, compute: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
         cached = self.cache.get(key)
         if cached is not None:
             self.cache_hits += 1
             return cached
         started = time.perf_counter()
-        samples, attrs = make_signal()
-        descriptors = self.encoder.encode(segment(log_mel(samples, self.frontend), self.frontend))
+        descriptors, attrs = compute()
         self.cache.put(key, descriptors, **attrs)
         self.segments += len(descriptors)
         self.seconds += time.perf_counter() - started
         return descriptors
 
+    def of_signal(self, key: str, make_signal: Callable[[], tuple[np.ndarray, dict]]) -> np.ndarray:
+        """Descriptors for `key`; on a miss `make_signal()` gives (samples at the front-end rate, attrs)."""
+
+        def compute() -> tuple[np.ndarray, dict]:
+            samples, attrs = make_signal()
+            return signal_descriptors(samples, self.encoder, self.frontend), attrs
+
+        return self._cached(key, compute)
+
     def of_file(self, path: Path, max_seconds: float | None = None) -> np.ndarray:
         """A whole media file (or its first `max_seconds`), or a feature file (`.npz`/`.npy`) as stored."""
         path = Path(path)
-        if is_feature_file(path):
-            return load_feature_file(path)
-        key = f"file:{fingerprint(path)}:{max_seconds}"
-        rate = self.frontend.sample_rate
-        return self.of_signal(key, lambda: (decode_prefix(path, rate, max_seconds or math.inf), {"path": str(path)}))
+        stored = stored_descriptors(path)
+        if stored is not None:
+            return stored
+        return self._cached(f"file:{fingerprint(path)}:{max_seconds}", lambda: (
+            path_descriptors(path, self.encoder, self.frontend, max_seconds or None).descriptors, {"path": str(path)}))
 
     @property
     def segments_per_second(self) -> float:
         return self.segments / self.seconds if self.seconds else 0.0
+
+    def stats(self) -> ExtractionStats:
+        return ExtractionStats(segments_extracted=self.segments, seconds=round(self.seconds, 2),
+                               segments_per_s=round(self.segments_per_second, 1), cache_hits=self.cache_hits)

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..media import augment as augment_module
 from ..errors import InputError
+from ..media.audio import load_audio
 from ..media.scan import fingerprint
 from ..progress import Progress, Stage, silent
 from .configs import SelfSupervisedConfig
-from .descriptors import DescriptorCache, DescriptorSource, decode_prefix
+from .descriptors import DescriptorCache, DescriptorSource
 
 
 @dataclass
@@ -62,7 +63,7 @@ def self_supervised_examples(
 
     def excerpt_of(key: str, path: Path, samples: np.ndarray | None = None) -> np.ndarray:
         if key not in excerpts:
-            samples = decode_prefix(path, rate, config.max_seconds) if samples is None else samples
+            samples = load_audio(path, rate, config.max_seconds) if samples is None else samples
             start = len(samples) // 3
             excerpts[key] = samples[start:start + 30 * rate].copy()
             while len(excerpts) > 3:
@@ -78,7 +79,7 @@ def self_supervised_examples(
             def audio() -> np.ndarray:
                 nonlocal samples
                 if samples is None:
-                    samples = decode_prefix(path, rate, config.max_seconds)
+                    samples = load_audio(path, rate, config.max_seconds)
                 return samples
 
             duration = _cached_duration(source.cache, key, audio, rate, config.max_seconds)

@@ -6,58 +6,28 @@ fitted on the training side of it, hard negatives are mined, and the head traine
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import AusilError, InputError
-from ..evaluate.formats import is_feature_file
+from ..features.feature_files import is_feature_file
 from ..media.sources import collect_media
 from ..progress import Progress, Stage, silent
 from .descriptors import DescriptorCache, DescriptorSource, backbone_fingerprint
-from .configs import SelfSupervisedConfig, TrainConfig
-from .examples import augment_fingerprint, self_supervised_examples
-from .head_trainer import CHECKPOINT_FILE, HeadTrainer, chamfer_separation, loss_summary
+from .configs import TrainingJob
+from .examples import self_supervised_examples
+from .head_trainer import CHECKPOINT_FILE, HeadTrainer, chamfer_separation
 from .mining import global_features, mine_hard_negatives
 from .pools import TripletPool, annotation_pool, examples_pool, merge_pools, split_pool, validation_pairs
+from .reports import HeadLossSummary, HeadSetup, HeadTrainingReport, WhiteningReport
 from .scaffold import TrainedModel, checkpoint_to_use
 from .whitening import fit_whitening_report
-
-
-@dataclass
-class TrainingJob:
-    """What `ausil-search train` asks for: data sources, recipe, and where state goes."""
-
-    sources: list[Path] = field(default_factory=list)  # unlabelled media for self-supervised triplets
-    annotation: Path | None = None  # release-style {query: {label: [ids]}}
-    video_list: Path | None = None  # '<id> <path>' lines for the annotation's videos
-    relevant_labels: tuple[str, ...] = ("DA",)
-    config: TrainConfig = field(default_factory=TrainConfig)
-    self_supervised: SelfSupervisedConfig = field(default_factory=SelfSupervisedConfig)
-    whitening: str = "fit"  # fit: from the training descriptors; keep: the input model's
-    whitening_shrinkage: float | None = None  # None: Ledoit–Wolf
-    val_fraction: float = 0.0
-    cache_path: Path | None = None
-    checkpoint_dir: Path | None = None
-    resume: bool = False
-    device: str | None = None
-    precision: str = "fused"
-
-    def recipe(self) -> dict:
-        return {
-            "config": asdict(self.config),
-            "self_supervised": asdict(self.self_supervised) if self.sources else None,
-            "annotation": str(self.annotation) if self.annotation else None,
-            "relevant_labels": list(self.relevant_labels),
-            "whitening": self.whitening,
-            "whitening_shrinkage": self.whitening_shrinkage,
-            "val_fraction": self.val_fraction,
-            "augment_version": augment_fingerprint(),
-        }
 
 
 def build_pool(job: TrainingJob, source: DescriptorSource, progress: Progress = silent) -> tuple[TripletPool, list[str]]:
@@ -97,7 +67,7 @@ def build_pool(job: TrainingJob, source: DescriptorSource, progress: Progress = 
     return pool, groups
 
 
-def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
+def train_model(model, job: TrainingJob, progress: Progress = silent) -> HeadTrainingReport:
     """Train `model`'s head in place (the backbone stays frozen) and return the run's report.
 
     `progress` hears of the stages `extract`, `whitening` (unless resumed or kept), `mining` and
@@ -115,12 +85,7 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
     with cache:
         source = DescriptorSource(model.backbone, model.frontend, cache, device, job.precision)
         pool, groups = build_pool(job, source, progress)
-    extraction = {
-        "segments_extracted": source.segments,
-        "seconds": round(source.seconds, 2),
-        "segments_per_s": round(source.segments_per_second, 1),
-        "cache_hits": source.cache_hits,
-    }
+    extraction = source.stats()
     train_pool, val_pool = split_pool(pool, validation_pairs(groups, job.val_fraction))
     head = model.head.to(device)
     width = job.config.width
@@ -129,8 +94,9 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
             narrow_head(head, width)
         trainer = HeadTrainer(head, train_pool, None, job.config, device, job.checkpoint_dir)
         trainer.load_checkpoint()
+        setup = HeadSetup.from_dict(trainer.extras)
     else:
-        extras: dict = {}
+        setup = HeadSetup()
         if job.whitening == "fit":
             whitening = Stage(progress, "whitening", 1)
             used = np.unique(np.concatenate([train_pool.pairs.ravel(), *train_pool.negatives]))
@@ -138,37 +104,37 @@ def train_model(model, job: TrainingJob, progress: Progress = silent) -> dict:
             whitening.advance()
             adopt_whitening(head, fit, width)
             head.use_whitening = True
-            extras["whitening"] = {**fit.summary(), "width": head.width}
+            setup.whitening = dataclasses.replace(fit.summary(), width=head.width)
         elif width is not None:
             narrow_head(head, width)
         mining_stage = Stage(progress, "mining", 1)
         features = global_features(head, pool.videos, device)
-        hard, mining = mine_hard_negatives(train_pool, features, job.config.hard_negative_margin)
+        hard, setup.mining = mine_hard_negatives(train_pool, features, job.config.hard_negative_margin)
         mining_stage.advance()
-        extras["mining"] = mining.to_dict()
         if len(val_pool):
-            extras["validation_before"] = chamfer_separation(head, val_pool, device)
+            setup.validation_before = chamfer_separation(head, val_pool, device)
         trainer = HeadTrainer(head, train_pool, hard, job.config, device, job.checkpoint_dir)
-        trainer.extras = extras
+        trainer.extras = setup.to_dict()
     resumed_at = trainer.step
     steps = Stage(progress, "train", job.config.steps, resumed_at)
     train_started = time.perf_counter()
     trainer.train(lambda record: steps.advance(metrics={"loss": record.loss}))
     train_seconds = time.perf_counter() - train_started
-    report = {
-        "steps": trainer.step,
-        "resumed_at": resumed_at,
-        "train_seconds": round(trainer.elapsed_s, 2),
-        "steps_per_s": round((trainer.step - resumed_at) / train_seconds, 2) if train_seconds > 0 else None,
-        "loss": loss_summary(trainer.history),
-        "pool": {"train": train_pool.stats(), "validation": val_pool.stats() if len(val_pool) else None},
-        "extraction": extraction,
-        **trainer.extras,
-        "device": str(device),
-    }
-    if len(val_pool):
-        report["validation_after"] = chamfer_separation(trainer.head, val_pool, device)
-    report["seconds"] = round(time.perf_counter() - started, 2)
+    validation_after = chamfer_separation(trainer.head, val_pool, device) if len(val_pool) else None
+    report = HeadTrainingReport(
+        steps=trainer.step,
+        resumed_at=resumed_at,
+        train_seconds=round(trainer.elapsed_s, 2),
+        steps_per_s=round((trainer.step - resumed_at) / train_seconds, 2) if train_seconds > 0 else None,
+        loss=HeadLossSummary.of(trainer.history),
+        train_pool=train_pool.stats(),
+        validation_pool=val_pool.stats() if len(val_pool) else None,
+        extraction=extraction,
+        setup=setup,
+        device=str(device),
+        validation_after=validation_after,
+        seconds=round(time.perf_counter() - started, 2),
+    )
     model.head = trainer.head.eval().cpu()
     return report
 
@@ -205,9 +171,9 @@ def fit_model_whitening(
     precision: str = "fused",
     progress: Progress = silent,
     width: int | None = None,
-) -> dict:
-    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns a
-    summary. `width` keeps only the top components (a narrower head, smaller stored segments).
+) -> WhiteningReport:
+    """Set `model`'s PCA whitening from the segments of whole recordings (or feature files); returns the
+    report. `width` keeps only the top components (a narrower head, smaller stored segments).
 
     `progress` hears of the stages `extract` and `whitening`.
     """
@@ -234,13 +200,8 @@ def fit_model_whitening(
     fit = fit_whitening_report(matrices, shrinkage)
     whitening.advance()
     adopt_whitening(model.head, fit, width)
-    return {
-        **fit.summary(),
-        "width": model.head.width,
-        "files": len(matrices),
-        "extraction": {"segments_extracted": source.segments, "seconds": round(source.seconds, 2),
-                       "segments_per_s": round(source.segments_per_second, 1), "cache_hits": source.cache_hits},
-    }
+    return WhiteningReport(fit=dataclasses.replace(fit.summary(), width=model.head.width), files=len(matrices),
+                           extraction=source.stats())
 
 
 def train_head(model, job: TrainingJob, progress: Progress = silent, name: str | None = None,
@@ -251,12 +212,12 @@ def train_head(model, job: TrainingJob, progress: Progress = silent, name: str |
     report = train_model(model, job, progress)
     model.metadata.update({
         "name": name or f"{model.name}-trained",
-        "version": f"{time.strftime('%Y%m%d')}-s{report['steps']}",
+        "version": f"{time.strftime('%Y%m%d')}-s{report.steps}",
         "description": f"AuSiL head trained by ausil-search train from {input_identity} (backbone frozen).",
         "source": command or "ausil_search.train.head_job.train_head",
-        "training": {**job.recipe(), "from_model": input_identity, "steps_done": report["steps"],
-                     "final_loss": report["loss"].get("last_steps_mean"),
-                     "validation_after": report.get("validation_after")},
+        "training": {**job.recipe(), "from_model": input_identity, "steps_done": report.steps,
+                     "final_loss": report.loss.last_steps_mean if report.loss else None,
+                     "validation_after": report.validation_after.to_dict() if report.validation_after else None},
     })
     model.metadata.pop("created", None)
     return TrainedModel(model, report)
@@ -266,12 +227,12 @@ def fit_whitening_model(model, sources: Sequence[Path], cache_path: Path | None 
                         max_seconds: float | None = None, device: str | None = None, precision: str = "fused",
                         progress: Progress = silent, command: str | None = None,
                         width: int | None = None) -> TrainedModel:
-    """:func:`fit_model_whitening`, with the fit recorded in the model's metadata; the report is its summary."""
-    summary = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, progress,
-                                  width)
+    """:func:`fit_model_whitening`, with the fit recorded in the model's metadata."""
+    report = fit_model_whitening(model, sources, cache_path, shrinkage, max_seconds, device, precision, progress,
+                                 width)
     model.metadata.update({
-        "version": f"{model.version}+w{summary['segments']}",
-        "whitening": {k: v for k, v in summary.items() if k != "extraction"}
-        | {"command": command or "ausil_search.train.head_job.fit_whitening_model"},
+        "version": f"{model.version}+w{report.fit.segments}",
+        "whitening": {**report.fit.to_dict(), "files": report.files,
+                      "command": command or "ausil_search.train.head_job.fit_whitening_model"},
     })
-    return TrainedModel(model, summary)
+    return TrainedModel(model, report)

@@ -8,7 +8,7 @@ The backbone is frozen (the paper's best setting), so a step only runs the head,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from torch import Tensor
 from ..model.head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, AuSiLHead, tile_segments
 from .configs import TrainConfig
 from .pools import TripletPool
+from .reports import Separation
 from .scaffold import StepRecord, StopRequest, read_checkpoint, write_checkpoint
 
 CHECKPOINT_FORMAT = "ausil-train-checkpoint/1"
@@ -69,7 +70,7 @@ class HeadTrainer:
         if not config.train_whitening:
             self._whitened = self._whiten_pool()
         self._raw = None if self._whitened is not None else [torch.from_numpy(v).to(self.device) for v in pool.videos]
-        self.extras: dict = {}  # report material that a resumed run takes over (whitening, mining, validation)
+        self.extras: dict = {}  # the report's set-up part (HeadTrainingReport.setup_dict), taken over on resume
 
     # ---- model pieces
 
@@ -221,11 +222,11 @@ class HeadTrainer:
             self._whitened = self._whiten_pool()
 
 
-# --------------------------------------------------------------------------- evaluation and reports
+# --------------------------------------------------------------------------- validation
 
 
 @torch.no_grad()
-def chamfer_separation(head: AuSiLHead, pool: TripletPool, device: torch.device, max_negatives: int = 64) -> dict:
+def chamfer_separation(head: AuSiLHead, pool: TripletPool, device: torch.device, max_negatives: int = 64) -> Separation:
     """Mean Chamfer similarity of anchors to their positive and to (up to `max_negatives`) negatives.
 
     `separation` is their difference; `top1` the fraction of pairs whose positive beats every
@@ -247,27 +248,5 @@ def chamfer_separation(head: AuSiLHead, pool: TripletPool, device: torch.device,
         negatives.extend(scores[1:])
         wins += int(len(scores) == 1 or scores[0] > scores[1:].max())
     mean_pos, mean_neg = float(np.mean(positives)), float(np.mean(negatives)) if negatives else float("nan")
-    return {
-        "pairs": len(pool),
-        "mean_positive": round(mean_pos, 4),
-        "mean_negative": round(mean_neg, 4),
-        "separation": round(mean_pos - mean_neg, 4),
-        "top1": round(wins / max(1, len(pool)), 4),
-    }
-
-
-def loss_summary(history: Sequence[HeadStep], buckets: int = 10) -> dict:
-    """The loss curve in `buckets` equal spans of steps (mean loss each), plus first and last values."""
-    if not history:
-        return {}
-    losses = np.array([r.loss for r in history])
-    spans = np.array_split(np.arange(len(losses)), min(buckets, len(losses)))
-    tenth = max(1, len(losses) // 10)
-    return {
-        "first_steps_mean": round(float(losses[:tenth].mean()), 5),
-        "last_steps_mean": round(float(losses[-tenth:].mean()), 5),
-        "curve": [{"steps": [int(history[s[0]].step), int(history[s[-1]].step)], "loss": round(float(losses[s].mean()), 5)}
-                  for s in spans],
-        "last_active_fraction": round(float(np.mean([r.active for r in history[-tenth:]])), 4),
-        "last_regularisation": round(float(np.mean([r.regularisation for r in history[-tenth:]])), 5),
-    }
+    return Separation(pairs=len(pool), mean_positive=round(mean_pos, 4), mean_negative=round(mean_neg, 4),
+                      separation=round(mean_pos - mean_neg, 4), top1=round(wins / max(1, len(pool)), 4))

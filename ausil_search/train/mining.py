@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ import torch
 from ..errors import AusilError
 from ..model.head import AuSiLHead, l2_normalize
 from .pools import TripletPool
+from .reports import MiningReport
 
 
 def global_features(head: AuSiLHead, videos: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
@@ -21,16 +21,6 @@ def global_features(head: AuSiLHead, videos: Sequence[np.ndarray], device: torch
             embedded = head.embed(torch.from_numpy(video).to(device))
             out[number] = l2_normalize(embedded.mean(0)).cpu().numpy()
     return out
-
-
-@dataclass
-class MiningReport:
-    mean_hard: float
-    fallback_fraction: float
-    mean_positive_distance: float
-
-    def to_dict(self) -> dict:
-        return {k: round(v, 4) for k, v in asdict(self).items()}
 
 
 def mine_hard_negatives(

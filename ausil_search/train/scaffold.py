@@ -19,6 +19,8 @@ import torch
 from ..atomic import atomic_output, write_json_atomic
 from ..errors import AusilError
 
+from .reports import ArtifactReport, SavedModel
+
 if TYPE_CHECKING:
     from ..model import AuSiLModel
 
@@ -34,18 +36,21 @@ class StepRecord:
 @dataclass
 class TrainedModel:
     """What a training run returns: the model, its metadata recording what it came from and how, and
-    the run's report (JSON-ready)."""
+    the run's typed report (``report.to_dict()`` is its JSON)."""
 
     model: AuSiLModel
-    report: dict
+    report: ArtifactReport
 
-    def save(self, output: Path, float16: bool = False) -> Path:
-        """Write the model and, beside it (``.report.json``), the report, which records the model's identity."""
+    def save(self, output: Path, float16: bool = False) -> Path | None:
+        """Write the model and record it in the report; a trainer's report also goes beside the model
+        (``.report.json``), whose path is returned (None for reports that are not written to a file)."""
         output = Path(output)
-        self.report["output"] = str(output)
-        self.report["model"] = {"sha256": self.model.save(output, float16=float16), "identity": self.model.identity}
+        self.report.output = str(output)
+        self.report.model = SavedModel(self.model.save(output, float16=float16), self.model.identity)
+        if not self.report.writes_report_file:
+            return None
         report_path = output.with_suffix(".report.json")
-        write_json_atomic(report_path, self.report)
+        write_json_atomic(report_path, self.report.to_dict())
         return report_path
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import AusilError
 from ..model.head import l2_normalize
+from .reports import WhiteningSummary
 
 # Rows of descriptors per float32 Gram-matrix update in `fit_whitening`.
 _WHITENING_CHUNK = 4096
@@ -27,17 +28,17 @@ class WhiteningFit:
     n_segments: int
     ledoit_wolf: float | None = None  # the data's Ledoit–Wolf estimate (None when shrinkage was given)
 
-    def summary(self) -> dict:
+    def summary(self) -> WhiteningSummary:
         total = float(self.eigenvalues.sum())
         cumulative = np.cumsum(self.eigenvalues) / total if total > 0 else np.zeros_like(self.eigenvalues)
-        return {
-            "segments": self.n_segments,
-            "shrinkage": round(self.shrinkage, 6),
-            "ledoit_wolf": None if self.ledoit_wolf is None else round(self.ledoit_wolf, 6),
-            "eps": float(self.eps),
-            "mean_eigenvalue": total / len(self.eigenvalues),
-            "dims_for_90pct_variance": int(np.searchsorted(cumulative, 0.9) + 1),
-        }
+        return WhiteningSummary(
+            segments=self.n_segments,
+            shrinkage=round(self.shrinkage, 6),
+            ledoit_wolf=None if self.ledoit_wolf is None else round(self.ledoit_wolf, 6),
+            eps=float(self.eps),
+            mean_eigenvalue=total / len(self.eigenvalues),
+            dims_for_90pct_variance=int(np.searchsorted(cumulative, 0.9) + 1),
+        )
 
 
 def fit_whitening(matrices: Iterable[np.ndarray], shrinkage: float | None = None) -> tuple[np.ndarray, np.ndarray]:
