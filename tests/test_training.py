@@ -231,7 +231,7 @@ def test_fit_whitening_reads_whole_recordings_when_no_limit_is_given(recordings,
     expected = sum(segment_count(1 + round((13.0 + i) * SR) // frontend.hop_length, frontend) for i in range(5))
     assert summary["files"] == 5 and summary["segments"] == expected
     assert list(summary) == ["segments", "shrinkage", "ledoit_wolf", "eps", "mean_eigenvalue", "dims_for_90pct_variance",
-                             "files", "extraction", "output", "model"]
+                             "width", "files", "extraction", "output", "model"]
     assert summary["model"] == AuSiLModel.load(out).identity
     assert not out.with_suffix(".report.json").exists()  # fit-whitening prints its report; the model records the fit
     whitened = AuSiLModel.load(out)
