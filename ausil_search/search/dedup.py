@@ -423,6 +423,13 @@ def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.nd
                 scored += len(others)
                 record([(query, other, float(s)) for other, s in zip(others, scores)], len(others))
         else:
+            # pairs joined before the run starts (a rerun's earlier skips, mostly) stay joined: skipped in one go
+            open_pairs = np.array([joined.find(a) != joined.find(b) for a, b in zip(queries.tolist(), databases.tolist())],
+                                  bool).reshape(-1)
+            closed = _pair_id(queries[~open_pairs], databases[~open_pairs]).tolist()
+            skipped = len(closed)
+            record([(key >> 32, key & 0xFFFFFFFF, SKIPPED) for key in closed if key not in known_skips], skipped)
+            queries, databases = queries[open_pairs], databases[open_pairs]
             cache: OrderedDict[int, torch.Tensor] = OrderedDict()
             for k in _most_similar_first(engine, queries, databases):
                 query, other = int(queries[k]), int(databases[k])
