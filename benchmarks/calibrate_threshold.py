@@ -145,9 +145,9 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
         by_path = {str(Path(e.path).absolute()): e.video_id for e in entries}
         video_of = {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
         depth = len(video_of) if candidates is None else candidates
-        # A threshold above any score: the run only scores and stores pairs; the sweep below groups.
+        # A threshold above any score, every pair scored: the run only scores and stores pairs; the sweep below groups.
         with ProgressDisplay() as display:
-            stats = find_duplicate_groups(engine, threshold=2.0, candidates=depth, progress=display).stats
+            stats = find_duplicate_groups(engine, threshold=2.0, candidates=depth, progress=display, all_pairs=True).stats
         with DedupStore(index_dir, engine.model.sha256) as store:
             queries, databases, scores = store.pairs()
     truth_by_name = {"groups": group_pairs(bench), "spans": span_pairs(bench)}

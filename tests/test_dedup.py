@@ -198,7 +198,7 @@ def test_not_duplicate_splits_a_group_and_survives_rerun_and_reindex(collection,
 def test_rerun_scores_only_pairs_with_new_videos_and_since(collection, index_copy, tmp_path, centred_model):
     db, music, _ = collection
     first = dedup_json(index_copy)["stats"]
-    assert first["pairs_scored"] > 0 and first["pairs_scored"] == first["candidate_pairs"]
+    assert first["pairs_scored"] > 0 and first["pairs_scored"] + first["pairs_skipped"] == first["candidate_pairs"]
     assert dedup_json(index_copy)["stats"]["pairs_scored"] == 0
     with SearchEngine(index_copy, workers=0) as engine, DedupStore(index_copy, engine.model.sha256) as store:
         before = set(zip(*[a.tolist() for a in store.pairs()[:2]]))
@@ -213,15 +213,58 @@ def test_rerun_scores_only_pairs_with_new_videos_and_since(collection, index_cop
     assert frozenset({"g1-orig.ogg", "g1-copy.mp3", "g1-copy2.ogg"}) in name_groups(payload)
     with SearchEngine(index_copy, workers=0) as engine, DedupStore(index_copy, engine.model.sha256) as store:
         new_id = engine.store.id_for_path(str(extra / "g1-copy2.ogg"))
-        after = set(zip(*[a.tolist() for a in store.pairs()[:2]]))
+        pairs = store.pairs()
+        after = set(zip(*[a.tolist() for a in pairs[:2]]))
+        scored_now = {(q, d) for q, d, score in zip(*[a.tolist() for a in pairs]) if not np.isnan(score)} - before
     added = after - before
-    assert payload["stats"]["pairs_scored"] == len(added) > 0
+    assert payload["stats"]["pairs_scored"] == len(scored_now) > 0
+    # every pair with the new video, and the first run's skipped pairs looked at again
+    assert payload["stats"]["pairs_scored"] + payload["stats"]["pairs_skipped"] == len(added) + first["pairs_skipped"]
     assert all(new_id in pair for pair in added)  # only pairs with the new video were scored
 
     since = _dt.datetime.fromtimestamp(marker).isoformat()
     recent = dedup_json(index_copy, "--since", since)
     assert name_groups(recent) == [frozenset({"g1-orig.ogg", "g1-copy.mp3", "g1-copy2.ogg"})]
     assert recent["stats"]["focus_videos"] == 1 and recent["stats"]["pairs_scored"] == 0
+
+
+def test_skipping_joined_pairs_gives_the_groups_of_scoring_every_pair_at_any_threshold(collection, built_index, tmp_path):
+    skipping, every = tmp_path / "skipping", tmp_path / "every"
+    shutil.copytree(built_index, skipping)
+    shutil.copytree(built_index, every)
+    # at -1 every scored pair joins: a spanning tree of the 11 videos is scored, the other 45 pairs skipped
+    first = dedup_json(skipping, "--min-score", -1)
+    assert (first["stats"]["pairs_scored"], first["stats"]["pairs_skipped"]) == (10, 45)
+    assert name_groups(first) == [frozenset(p.name for p in collection[0].iterdir())]
+    seen = []
+    for threshold in (-1, THRESHOLD, 0.2, THRESHOLD, 0.05):
+        # another threshold looks at the skipped pairs again: scores those whose videos are no longer joined
+        fast = run("dedup", "--index", skipping, "--min-score", threshold, "--json")
+        full = run("dedup", "--index", every, "--min-score", threshold, "--json", "--all-pairs")
+        assert fast.exit_code == 0 and full.exit_code == 0, fast.output + full.output
+        fast, full = json.loads(fast.stdout), json.loads(full.stdout)
+        assert set(name_groups(fast)) == set(name_groups(full)) and full["stats"]["pairs_skipped"] == 0
+        seen.append(set(name_groups(full)))
+    assert seen[1] == seen[3] == collection[2]
+    with SearchEngine(every, workers=0) as engine, DedupStore(every, engine.model.sha256) as store:
+        assert np.isfinite(store.pairs()[2]).all() and len(store.pairs()[2]) == 55
+
+
+def test_a_skipped_pair_is_scored_once_the_video_that_joined_it_is_removed(collection, index_copy):
+    first = dedup_json(index_copy)
+    assert first["stats"]["pairs_skipped"] == 1  # the three-file group is joined by two of its three pairs
+    assert set(name_groups(first)) == collection[2]
+    with SearchEngine(index_copy, workers=0) as engine, DedupStore(index_copy, engine.model.sha256) as store:
+        queries, databases, scores = store.pairs()
+        (skipped,) = np.flatnonzero(np.isnan(scores))
+        pair = {engine.store.get(int(queries[skipped])).path, engine.store.get(int(databases[skipped])).path}
+    (g0,) = [g for g in first["groups"] if len(g["members"]) == 3]
+    (third,) = {m["path"] for m in g0["members"]} - pair
+    assert run("remove", third, "--index", index_copy).exit_code == 0
+    after = dedup_json(index_copy)
+    assert (after["stats"]["pairs_scored"], after["stats"]["pairs_skipped"]) == (1, 0)
+    pair_names = frozenset(Path(p).name for p in pair)
+    assert set(name_groups(after)) == {g for g in collection[2] if len(g) == 2} | {pair_names}
 
 
 def test_interrupted_run_keeps_its_scores_and_a_rerun_completes_it(index_copy, monkeypatch):
@@ -244,10 +287,10 @@ def test_interrupted_run_keeps_its_scores_and_a_rerun_completes_it(index_copy, m
             find_duplicate_groups(engine, THRESHOLD)
         monkeypatch.setattr(AuSiLHead, "score_many", real)
         with DedupStore(index_copy, engine.model.sha256) as store:
-            kept = len(store.pairs()[0])
+            kept = int(np.isfinite(store.pairs()[2]).sum())
             assert kept > 0 and not store.done_ids()
         result = find_duplicate_groups(engine, THRESHOLD)
-    assert result.stats.pairs_scored == result.stats.candidate_pairs - kept
+    assert result.stats.pairs_scored + result.stats.pairs_skipped == result.stats.candidate_pairs - kept
     assert len(result.groups) == 3
 
 

@@ -462,6 +462,7 @@ def test_dedup_in_the_background_matches_the_cli(service, client, tree):
     threshold = round(min(pairs) - 0.005, 4)
     first = client.get("/dedup", params={"min_score": threshold})
     assert first.status_code == 202 and first.json()["status"] == "running"  # answered at once, computed aside
+    assert first.json()["pairs_skipped"] >= 0  # pairs whose videos were already joined, not scored
     assert client.get("/dedup", params={"min_score": threshold - 0.1}).status_code in (200, 409)  # one run at a time
     alive(client)
     deadline = time.monotonic() + 300

@@ -28,11 +28,16 @@ from .progress import ProgressDisplay
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: one per group member.")
-def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file, html_path, device, as_json, as_csv):
+@click.option("--all-pairs", is_flag=True,
+              help="Also score pairs whose videos are already joined through others (same groups; every link's "
+                   "own score and spans; slower).")
+def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file, html_path, device, as_json, as_csv,
+          all_pairs):
     """Find every group of indexed videos that share audio, biggest and most confident first.
 
     Each video is matched against the rest (FAISS recall, AuSiL rerank); pairs scoring at least
-    --min-score are joined into groups. Scores are kept in the index: a rerun scores only pairs
+    --min-score are joined into groups; a pair whose videos are already joined through others is
+    skipped (--all-pairs scores it too). Scores are kept in the index: a rerun scores only pairs
     with newly indexed videos. Pairs recorded with --not-duplicate stay in separate groups.
     """
     import csv
@@ -50,7 +55,7 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
             ProgressDisplay() as progress:
         result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
-                                       progress=progress)
+                                       progress=progress, all_pairs=all_pairs)
     if html_path:
         from ..search.report_html import write_report
 
@@ -68,7 +73,8 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
 def _print_groups(result) -> None:
     s = result.stats
     click.echo(f"{len(result.groups)} groups among {s.videos} videos (pairs scoring ≥ {result.threshold:.2f}); "
-               f"{s.pairs_scored} pairs scored now, {s.pairs_stored} stored, in {s.seconds:.1f} s"
+               f"{s.pairs_scored} pairs scored now ({s.pairs_skipped} skipped: already joined), {s.pairs_stored} stored, "
+               f"in {s.seconds:.1f} s"
                + (f"; {s.kept_apart} pairs kept apart by decisions" if s.kept_apart else ""))
     for group in result.groups:
         click.echo(f"\ngroup {group.number}: {len(group.members)} files, best pair {group.score:.3f}, mean {group.mean_score:.3f}")

@@ -2,18 +2,23 @@
 
 Each video is matched against the rest like a query (FAISS recall of its global descriptor, then the
 AuSiL rerank of the candidates from their stored segments); pairs scoring at least the match
-threshold (`decision.py`) are joined into groups, strongest pairs first.
+threshold (`decision.py`) are joined into groups, strongest pairs first. Pairs are scored one at a
+time, the most similar global descriptors first, and a pair whose two videos are already joined
+through pairs above the threshold is skipped: its score could not change who is in a group (with
+"not duplicates" decisions it could, and every pair is scored).
 
 What is kept in the index, in its own LMDB environment `INDEX/dedup/` (the segment store stays
 untouched, and an index can be searched and extended while a dedup runs):
-  pairs      model key + query id + database id -> float32 score, for every pair ever scored
+  pairs      model key + query id + database id -> float32 score, for every pair ever scored; NaN
+             (SKIPPED) for a pair left unscored because its videos were already joined
   done       model key + video id -> the recall depth of the complete run that matched that video
   decisions  the two content fingerprints, sorted -> JSON: "not duplicates", said by a user
   meta       format version
 Ids are never reused by the segment store, so a stored score always belongs to the same two
 contents; the model key (the first 8 bytes of the model's SHA-256) keeps scores of different models
 apart. A rerun therefore only scores pairs that involve a video not yet matched by a complete run
-of at least the same recall depth, and pairs an interrupted run did not reach. Decisions are keyed by content fingerprint, so they
+of at least the same recall depth, pairs an interrupted run did not reach, and skipped pairs whose
+videos are no longer joined (another threshold, a removed video, a decision). Decisions are keyed by content fingerprint, so they
 survive re-indexing (an unchanged file gets the same fingerprint, even under a new id or path).
 Every write is one LMDB transaction: a crash keeps what committed and loses nothing else.
 """
@@ -24,6 +29,7 @@ import datetime as _dt
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +52,8 @@ COMMIT_PAIRS = 4096  # scores per write transaction
 COMMIT_SECONDS = 10.0
 _DB_NAMES = (b"pairs", b"done", b"decisions", b"meta")
 _MAP_SIZE = 64 << 20  # grows by doubling when full
+SEGMENT_CACHE_VALUES = 1 << 26  # segment values (float32) of recently scored videos kept between pairs
+SKIPPED = float("nan")  # the stored score of a pair not scored because its videos were already joined
 
 
 def _id_bytes(video_id: int) -> bytes:
@@ -243,7 +251,8 @@ class DedupStats:
     focus_videos: int = 0  # videos whose pairs were considered (--since limits them)
     candidate_pairs: int = 0  # distinct pairs from the recall stage that this run needed
     pairs_scored: int = 0  # of those, scored now (the others were stored by earlier runs)
-    pairs_stored: int = 0  # all pair scores in the index for this model, after the run
+    pairs_skipped: int = 0  # of those, not scored: their two videos were already joined through scored pairs
+    pairs_stored: int = 0  # all pair scores in the index for this model, after the run (skipped pairs not counted)
     kept_apart: int = 0  # pairs above the threshold not joined because of a "not duplicates" decision
     seconds: float = 0.0
 
@@ -371,61 +380,129 @@ def _recall_pairs(engine, ids: np.ndarray, candidates: int) -> Iterator[tuple[np
                np.concatenate([found for found, _ in answers]))
 
 
-def pairs_to_score(engine, store: DedupStore, records: dict[int, VideoRecord], focus: set[int], done: set[int],
-                   candidates: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The canonical pairs this run must score: from recall, involving a focus video and a video no
-    complete run has matched yet, and not stored already. Also returns how many such pairs there were."""
+def pairs_to_score(engine, records: dict[int, VideoRecord], focus: set[int], done: set[int], candidates: int,
+                   stored: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The canonical pairs this run must look at: from recall, involving a focus video and a video no
+    complete run has matched yet, without a stored score; and every pair of indexed videos an earlier
+    run skipped (`stored`: the store's pairs, SKIPPED ones included), since what joined its videos
+    then may be gone or below this run's threshold. Also returns how many such pairs there were."""
     ids = np.array(sorted(records), np.int64)
     fresh = np.array(sorted(set(records) - done), np.int64)
     focus_ids = np.array(sorted(focus), np.int64)
-    if len(ids) < 2 or len(fresh) == 0 or len(focus_ids) == 0:
+    if len(ids) < 2 or len(focus_ids) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), 0
-    lengths = {i: r.n_segments for i, r in records.items()}
-    keys = []
-    for a, b in _recall_pairs(engine, ids, candidates):
-        wanted = (np.isin(a, focus_ids) | np.isin(b, focus_ids)) & (np.isin(a, fresh) | np.isin(b, fresh))
-        query, database = _canonical(a[wanted], b[wanted], lengths)
-        keys.append(_pair_id(query, database))
-    keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, np.int64)
-    stored_q, stored_d, _ = store.pairs()
+    stored_q, stored_d, stored_scores = stored
+    scored = np.isfinite(stored_scores)
+    skipped = ~scored & np.isin(stored_q, ids) & np.isin(stored_d, ids)
+    keys = [_pair_id(stored_q[skipped], stored_d[skipped])]
+    if len(fresh):
+        lengths = {i: r.n_segments for i, r in records.items()}
+        for a, b in _recall_pairs(engine, ids, candidates):
+            wanted = (np.isin(a, focus_ids) | np.isin(b, focus_ids)) & (np.isin(a, fresh) | np.isin(b, fresh))
+            query, database = _canonical(a[wanted], b[wanted], lengths)
+            keys.append(_pair_id(query, database))
+    keys = np.unique(np.concatenate(keys))
     needed = len(keys)
-    keys = keys[~np.isin(keys, _pair_id(stored_q, stored_d))]
+    keys = keys[~np.isin(keys, _pair_id(stored_q[scored], stored_d[scored]))]
     return keys >> 32, keys & 0xFFFFFFFF, needed
 
 
-def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.ndarray,
-                progress: Progress = silent) -> int:
-    """AuSiL scores of the given (query, database) pairs, stored as they come, query by query
-    (`progress`: the `dedup` stage, in pairs).
+def score_pairs(engine, store: DedupStore, queries: np.ndarray, databases: np.ndarray, progress: Progress = silent,
+                joined: ConstrainedUnion | None = None, threshold: float = float("inf"),
+                stored_skips: np.ndarray | None = None) -> tuple[int, int]:
+    """AuSiL scores of the given (query, database) pairs, stored as they come (`progress`: the `dedup`
+    stage, in pairs looked at, with the pairs skipped so far as a metric).
 
-    Commits every COMMIT_PAIRS scores or COMMIT_SECONDS; an interruption keeps what was committed.
-    Returns the number of pairs scored.
+    Without `joined`, query by query, each against all its candidates in one batch. With `joined` (a
+    union-find of the videos joined by pairs scoring >= `threshold`), pair by pair, the most similar
+    global descriptors first: a pair whose two videos are joined already is stored as SKIPPED instead
+    of scored, and a pair scoring >= `threshold` joins its videos, so the strong pairs, which come
+    early, make most of the later ones redundant. `stored_skips`: pair ids already stored as SKIPPED
+    (not written again). A skip is written after the scores that justify it, in the same or a later
+    transaction. Commits every COMMIT_PAIRS pairs or COMMIT_SECONDS; an interruption keeps what was
+    committed. Returns (pairs scored, pairs skipped).
     """
+    known_skips = set() if stored_skips is None else set(stored_skips.tolist())
+    pending: list[tuple[int, int, float]] = []
+    scored, skipped, last_commit = 0, 0, time.monotonic()
+    stage = Stage(progress, "dedup", len(queries))
+
+    def record(items: list[tuple[int, int, float]], looked_at: int) -> None:
+        nonlocal pending, last_commit
+        pending += items
+        stage.advance(count=looked_at, metrics={"pairs_skipped": skipped} if joined is not None else None)
+        if len(pending) >= COMMIT_PAIRS or time.monotonic() - last_commit > COMMIT_SECONDS:
+            store.put_scores(pending)
+            pending, last_commit = [], time.monotonic()
+
+    try:
+        if joined is None:
+            for query, others in _batches_by_query(queries, databases):
+                scores = _score(engine, query, others)
+                scored += len(others)
+                record([(query, other, float(s)) for other, s in zip(others, scores)], len(others))
+        else:
+            # pairs joined before the run starts (a rerun's earlier skips, mostly) stay joined: skipped in one go
+            open_pairs = np.array([joined.find(a) != joined.find(b) for a, b in zip(queries.tolist(), databases.tolist())],
+                                  bool).reshape(-1)
+            closed = _pair_id(queries[~open_pairs], databases[~open_pairs]).tolist()
+            skipped = len(closed)
+            record([(key >> 32, key & 0xFFFFFFFF, SKIPPED) for key in closed if key not in known_skips], skipped)
+            queries, databases = queries[open_pairs], databases[open_pairs]
+            cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+            for k in _most_similar_first(engine, queries, databases):
+                query, other = int(queries[k]), int(databases[k])
+                if joined.find(query) == joined.find(other):
+                    skipped += 1
+                    record([] if (query << 32 | other) in known_skips else [(query, other, SKIPPED)], 1)
+                    continue
+                score = float(_score(engine, query, [other], cache)[0])
+                scored += 1
+                if score >= threshold:
+                    joined.union(query, other)
+                record([(query, other, score)], 1)
+    finally:
+        store.put_scores(pending)  # also on Ctrl-C: what was scored is kept
+    return scored, skipped
+
+
+def _batches_by_query(queries: np.ndarray, databases: np.ndarray) -> Iterator[tuple[int, list[int]]]:
+    """(query, its databases) for each distinct query."""
     order = np.argsort(queries, kind="stable")
     queries, databases = queries[order], databases[order]
     bounds = np.flatnonzero(np.diff(queries)) + 1
-    pending: list[tuple[int, int, float]] = []
-    scored, last_commit = 0, time.monotonic()
-    device = engine.device
-    stage = Stage(progress, "dedup", len(queries))
-    try:
-        for query_rows in np.split(np.arange(len(queries)), bounds) if len(queries) else []:
-            query = int(queries[query_rows[0]])
-            others = databases[query_rows].tolist()
-            with torch.inference_mode():
-                q = torch.from_numpy(engine.store.segments(query)).to(device)
-                matrices = [torch.from_numpy(m).to(device) for m in engine.store.segments_many(others)]
-                scores = engine.model.head.score_many(q, matrices).float().cpu().numpy()
-            pending += [(query, other, float(s)) for other, s in zip(others, scores)]
-            stage.advance(count=len(others))
-            if len(pending) >= COMMIT_PAIRS or time.monotonic() - last_commit > COMMIT_SECONDS:
-                store.put_scores(pending)
-                scored += len(pending)
-                pending, last_commit = [], time.monotonic()
-    finally:
-        store.put_scores(pending)  # also on Ctrl-C: what was scored is kept
-        scored += len(pending)
-    return scored
+    for rows in np.split(np.arange(len(queries)), bounds) if len(queries) else []:
+        yield int(queries[rows[0]]), databases[rows].tolist()
+
+
+def _most_similar_first(engine, queries: np.ndarray, databases: np.ndarray) -> np.ndarray:
+    """Positions of the pairs by decreasing cosine of their videos' global descriptors (read in chunks)."""
+    cosines = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), RECALL_CHUNK):
+        a = engine.store.globals(queries[start:start + RECALL_CHUNK].tolist())
+        b = engine.store.globals(databases[start:start + RECALL_CHUNK].tolist())
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines[start:start + len(a)] = np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+    return np.argsort(-cosines, kind="stable")
+
+
+def _score(engine, query: int, others: list[int], cache: OrderedDict | None = None) -> np.ndarray:
+    """Scores of `query` against `others` from their stored segments. `cache`, when given, keeps the
+    most recently used videos' segments between calls, up to SEGMENT_CACHE_VALUES values: pairs taken
+    by similarity rather than by query share videos with the pairs just before them."""
+    cache = OrderedDict() if cache is None else cache
+    wanted = [query, *others]
+    missing = [i for i in dict.fromkeys(wanted) if i not in cache]
+    with torch.inference_mode():
+        for i, matrix in zip(missing, engine.store.segments_many(missing)):
+            cache[i] = torch.from_numpy(matrix).to(engine.device)
+        scores = engine.model.head.score_many(cache[query], [cache[i] for i in others]).float().cpu().numpy()
+    for i in wanted:
+        cache.move_to_end(i)
+    held = sum(matrix.numel() for matrix in cache.values())
+    while len(cache) > 1 and held > SEGMENT_CACHE_VALUES:
+        held -= cache.popitem(last=False)[1].numel()
+    return scores
 
 
 def resolve_decision_path(engine, path: str | Path) -> tuple[str, str]:
@@ -465,6 +542,18 @@ def read_decisions_file(path: Path) -> list[tuple[str, str]]:
     return [(str(base / a), str(base / b)) for a, b in items]
 
 
+def _joined_by(stored: tuple[np.ndarray, np.ndarray, np.ndarray], records: dict[int, VideoRecord],
+               threshold: float) -> ConstrainedUnion:
+    """A union-find of the indexed videos joined by stored pairs scoring at least `threshold`."""
+    joined = ConstrainedUnion({})
+    queries, databases, scores = stored
+    strong = scores >= threshold  # False for SKIPPED (NaN)
+    for a, b in zip(queries[strong].tolist(), databases[strong].tolist()):
+        if a in records and b in records:
+            joined.union(a, b)
+    return joined
+
+
 def _apart_ids(decisions: dict[bytes, dict], records: dict[int, VideoRecord]) -> dict[int, set[int]]:
     """For each video, the videos a decision keeps it apart from."""
     by_fingerprint: dict[str, list[int]] = {}
@@ -487,6 +576,7 @@ def find_duplicate_groups(
     since: float | None = None,
     not_duplicates: Iterable[tuple[str | Path, str | Path]] = (),
     progress: Progress = silent,
+    all_pairs: bool = False,
 ) -> DedupResult:
     """Every group of videos sharing audio in `engine`'s index, biggest and most confident first.
 
@@ -494,7 +584,11 @@ def find_duplicate_groups(
     `candidates`: recall depth per video. `since` (Unix time): only pairs involving videos indexed
     since then are considered, and only groups holding such a video are returned.
     `not_duplicates`: pairs of files to record as not duplicates first (kept in the index).
-    `progress` hears of the `dedup` stage: the pairs scored, of those that need a score.
+    `progress` hears of the `dedup` stage: the pairs looked at (scored or skipped), of those that need
+    a score. `all_pairs`: also score the pairs whose two videos are already joined through other pairs
+    above the threshold; by default they are skipped (the groups' members are the same; a group's
+    links and shared spans come from the pairs that were scored). While "not duplicates" decisions
+    concern indexed videos every pair is scored, since a decision can cut the chain that joined two.
     """
     started = time.perf_counter()
     threshold = threshold_for(engine.model, threshold)
@@ -508,20 +602,25 @@ def find_duplicate_groups(
         stats.focus_videos = len(focus)
         done = store.done_ids(candidates)
         gone = store.done_ids() - set(records)
-        queries, databases, stats.candidate_pairs = pairs_to_score(engine, store, records, focus, done & set(records), candidates)
-        stats.pairs_scored = score_pairs(engine, store, queries, databases, progress)
+        stored = store.pairs()
+        queries, databases, stats.candidate_pairs = pairs_to_score(engine, records, focus, done & set(records),
+                                                                   candidates, stored)
+        apart = _apart_ids(store.decisions(), records)
+        joined = None if all_pairs or apart else _joined_by(stored, records, threshold)
+        stats.pairs_scored, stats.pairs_skipped = score_pairs(
+            engine, store, queries, databases, progress, joined, threshold,
+            _pair_id(stored[0], stored[1])[~np.isfinite(stored[2])])
         if since is None:
             store.mark_done(set(records) - done, candidates)
         pair_q, pair_d, pair_scores = store.pairs()
         gone |= (set(pair_q.tolist()) | set(pair_d.tolist())) - set(records)
         if gone:
             store.forget(gone)
-        decisions = store.decisions()
-    live = np.isin(pair_q, list(records)) & np.isin(pair_d, list(records))
+    live = np.isin(pair_q, list(records)) & np.isin(pair_d, list(records)) & np.isfinite(pair_scores)
     stats.pairs_stored = int(live.sum())
     strong = live & (pair_scores >= threshold)
     edges = sorted(zip(pair_scores[strong].tolist(), pair_q[strong].tolist(), pair_d[strong].tolist()), reverse=True)
-    union = ConstrainedUnion(_apart_ids(decisions, records))
+    union = ConstrainedUnion(apart)
     joining = []
     for score, a, b in edges:
         if union.union(a, b):

@@ -44,7 +44,8 @@ class DedupRun:
     stamp: tuple  # the index's state when the run started
     state: str = "running"  # running, done, failed
     pairs_total: int | None = None
-    pairs_scored: int = 0
+    pairs_scored: int = 0  # pairs looked at: scored, or skipped because their videos were already joined
+    pairs_skipped: int = 0
     started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
@@ -53,6 +54,7 @@ class DedupRun:
 
     def progress(self) -> dict:
         return {"status": self.state, "pairs_total": self.pairs_total, "pairs_scored": self.pairs_scored,
+                "pairs_skipped": self.pairs_skipped,
                 "started": self.started, "finished": self.finished, "error": self.error}
 
 
@@ -89,9 +91,10 @@ class DedupRuns:
             return run
 
     def _run(self, run: DedupRun) -> None:
-        def progress(stage: str, completed: int, total: int | None = None, **_) -> None:
+        def progress(stage: str, completed: int, total: int | None = None, metrics=None, **_) -> None:
             if stage == "dedup":
                 run.pairs_total, run.pairs_scored = total, completed
+                run.pairs_skipped = int((metrics or {}).get("pairs_skipped", run.pairs_skipped))
             if self._stop.is_set():
                 raise _Stopped
 
