@@ -152,8 +152,11 @@ def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, d
     """
     import csv
 
+    from ..devices import one_blas_thread
     from ..search.decision import apply_min_score
     from ..shards import open_index
+
+    one_blas_thread()
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
@@ -324,7 +327,11 @@ def reshard(source, destination, shards, as_json):
               help="Queries computed at once (default: the number of cores, at most 4); more wait their turn.")
 @click.option("--workers", type=int, default=None, help="Decoding processes of index jobs (default: cores − 1; 0 = in-process).")
 @click.option("--device", default=None, help=DEVICE_HELP)
-def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload_dir, query_threads, workers, device):
+@click.option("--compile/--no-compile", "compile_backbone", default=True, show_default=True,
+              help="Compile the backbone with torch.compile when the server starts (seconds more start-up, faster "
+                   "queries); where it cannot compile (no C compiler) the server says so and runs uncompiled.")
+def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload_dir, query_threads, workers, device,
+          compile_backbone):
     """Serve an index over HTTP, with the model loaded once (API docs at /docs).
 
     \b
@@ -336,7 +343,7 @@ def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload
 
     config = ServiceConfig(index_dir=index_dir or default_index(), model=model_spec, host=host, port=port,
                            roots=tuple(roots), token=token or None, max_upload_bytes=int(max_upload_mb * 2**20),
-                           upload_dir=upload_dir, device=device, index_workers=workers,
+                           upload_dir=upload_dir, device=device, index_workers=workers, compile_backbone=compile_backbone,
                            **({"query_threads": query_threads} if query_threads else {})).checked()
     try:
         from ..service.app import Service
@@ -344,6 +351,8 @@ def serve(index_dir, model_spec, host, port, roots, token, max_upload_mb, upload
         raise AusilError(f"the service needs packages that are not installed ({exc.name}): {SERVE_DEPS_HINT}") from None
     service = Service(config).open()
     info = service.search.info()
+    for warning in service.search.warnings:
+        click.echo(f"warning: {warning}", err=True)
     guard = "token required" if config.token else "no token: loopback only"
     click.echo(f"serving {info['index']} ({info['videos']} videos) on {service.url} ({guard}); docs at {service.url}/docs",
                err=True)

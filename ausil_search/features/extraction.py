@@ -27,6 +27,7 @@ import numpy as np
 
 from ..media.audio import decode_audio
 from .backbone import SegmentEncoder
+from ..devices import one_blas_thread
 from ..errors import AusilError, InputError
 from ..model import AuSiLModel
 from .scratch import ScratchDir, die_with_parent, spill_writes
@@ -208,7 +209,8 @@ def _worker_init(parent_pid: int) -> None:
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the parent stops the run and ends the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a worker is one of several processes sharing the cores
+    one_blas_thread()
 
 
 def _log_mel_job(path: str, frontend: FrontEnd, spill_dir: str | None) -> LogMel | str:
@@ -247,10 +249,12 @@ class Extractor:
         workers: int | None = None,
         precision: str = "fused",
         frontend: FrontEnd | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.frontend = frontend or model.frontend
-        self.encoder = SegmentEncoder(model.backbone, device=device, batch_size=batch_size, precision=precision)
+        self.encoder = SegmentEncoder(model.backbone, device=device, batch_size=batch_size, precision=precision,
+                                      compile=compile)
         self.batch_size = self.encoder.batch_size
         self.workers = default_workers() if workers is None else workers
 

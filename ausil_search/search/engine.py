@@ -162,9 +162,11 @@ class SearchEngine:
         pooling: Pooling | None = None,
         commit_every: int = COMMIT_EVERY_VIDEOS,
         create: bool | None = None,
+        compile: bool = False,
     ):
         """`create` (default: `writable`) allows making a new index where there is none; commands
-        that only change an index (remove) pass False, so a mistyped --index is an error."""
+        that only change an index (remove) pass False, so a mistyped --index is an error. `compile`
+        runs the backbone through `torch.compile` (a one-off cost of seconds, for long-lived engines)."""
         self.index_dir = Path(index_dir)
         self.commit_every = commit_every
         self.writable = writable
@@ -200,7 +202,7 @@ class SearchEngine:
             self.store.close()
             raise
         self._extractor_options = {"device": str(self.device), "workers": workers, "batch_size": batch_size,
-                                   "precision": precision}
+                                   "precision": precision, "compile": compile}
         self._extractor: Extractor | None = None
 
     # ---------------------------------------------------------------- manifest and model

@@ -444,7 +444,8 @@ class Service:
         self.sock = bind(self.config.host, self.config.port)  # first: a busy port fails before the model loads
         search = None
         try:
-            search = WarmSearch(self.config.index_dir, self.config.model, self.config.device)
+            search = WarmSearch(self.config.index_dir, self.config.model, self.config.device,
+                                compile=self.config.compile_backbone)
             app = create_app(self.config, search)
         except BaseException:
             if search is not None:

@@ -72,6 +72,7 @@ class ServiceConfig:
     device: str | None = None
     index_workers: int | None = None  # decoding processes of index jobs (None: the engine's default)
     query_threads: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    compile_backbone: bool = True  # torch.compile at start: faster queries for a few seconds more start-up
 
     def checked(self) -> ServiceConfig:
         """Refuse settings that would expose the index: a reachable address without a token, a weak token."""

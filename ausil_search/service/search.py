@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import one_blas_thread
 from ..errors import AusilError
 from ..search.decision import Comparison, compare_videos
 from ..search.engine import SEGMENTS_DIR, QueryResult, SearchEngine
@@ -46,14 +47,28 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 class WarmSearch:
     """One read-only `SearchEngine` with its model loaded and its backbone run once, shared by threads."""
 
-    def __init__(self, index_dir: Path, model: str | None = None, device: str | None = None) -> None:
-        self.engine = SearchEngine(Path(index_dir), model, writable=False, device=device, workers=0)
+    def __init__(self, index_dir: Path, model: str | None = None, device: str | None = None,
+                 compile: bool = False) -> None:
+        self.warnings: list[str] = []
+        one_blas_thread()
+        self.engine = SearchEngine(Path(index_dir), model, writable=False, device=device, workers=0, compile=compile)
+        try:
+            self._warm_up()
+        except Exception as error:  # torch.compile needs a working C compiler; serve uncompiled without one
+            if not compile:
+                raise
+            self.engine.close()
+            self.engine = SearchEngine(Path(index_dir), model, writable=False, device=device, workers=0)
+            self._warm_up()
+            self.warnings.append(f"the backbone could not be compiled ({type(error).__name__}); queries run uncompiled")
         self._watched = (self.engine.index_dir / SEGMENTS_DIR / "data.mdb", self.engine.global_path)
         self._seen = self._stamps()
         self._refresh_lock = threading.Lock()
-        extractor = self.engine.extractor()  # built once here, not raced for by the first queries
+
+    def _warm_up(self) -> None:
+        """The extractor built (not raced for by the first queries) and run once, compiling it if asked."""
         frontend = self.engine.frontend
-        extractor.encoder.encode(np.zeros((1, frontend.window_frames, frontend.n_mels), np.float32))
+        self.engine.extractor().encoder.encode(np.zeros((1, frontend.window_frames, frontend.n_mels), np.float32))
 
     @property
     def model_path(self) -> str | None:
