@@ -24,7 +24,8 @@ from click.testing import CliRunner
 import ausil_search
 from ausil_search.cli import cli
 from ausil_search.dedup import DedupStore
-from ausil_search.engine import SearchEngine, staging_dir
+from ausil_search.engine import SearchEngine
+from ausil_search.search.rebuild import staging_dir
 from ausil_search.errors import IndexStoreError
 from ausil_search.model import AuSiLModel
 from ausil_search.stores import SegmentStore

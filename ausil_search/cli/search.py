@@ -73,7 +73,8 @@ def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_s
 def _rebuild(index_dir: Path, model_spec, as_json: bool, **options) -> None:
     """Each shard of a sharded index is an ordinary index and is rebuilt (and swapped in) on its own."""
     from ..search.dedup import carry_decisions
-    from ..search.engine import IndexReport, rebuild_index
+    from ..search.engine import IndexReport
+    from ..search.rebuild import rebuild_index
     from ..shards import ShardLayout, is_sharded, open_index
     from ..shards.sharded_index import add_reports
 

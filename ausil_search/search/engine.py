@@ -24,11 +24,10 @@ import datetime as _dt
 import json
 import os
 import shlex
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ import torch
 from ..media.audio import probe
 from ..features.backbone import DESCRIPTOR_DIM
 from ..devices import pick_device
-from ..atomic import exchange_paths, write_failure_reason, write_json_atomic
+from ..atomic import write_failure_reason, write_json_atomic
 from ..errors import AusilError, IndexStoreError, InputError
 from ..features.extraction import Extractor
 from ..model import AuSiLModel, load_model, resolve_model_path
@@ -44,11 +43,11 @@ from ..media.scan import FileState, content_hash, describe_os_error, walk_media
 from ..features.scratch import sweep_stale_once
 from ..progress import Progress, Stage, silent
 from ..features.spectrogram import FrontEnd, segments_span_seconds
-from .stores import (GlobalIndex, PackedSegments, SegmentPacker, SegmentStore, StoreFormatError, VideoFile, VideoRecord,
-                     WriterLock)
+from .stores import (GlobalIndex, PackedSegments, SegmentPacker, SegmentStore, StoreFormatError, VideoFile,
+                     VideoRecord)
 from .stores.windows import Pooling, WindowLayout
 
-# 2: compact (int8) segments, a head of any width. Older indexes are converted by `rebuild_index`.
+# 2: compact (int8) segments, a head of any width. Older indexes are converted by `rebuild.rebuild_index`.
 INDEX_FORMAT_VERSION = 2
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 MANIFEST_NAME = "manifest.json"
@@ -172,7 +171,9 @@ class SearchEngine:
         self.writable = writable
         self.device = pick_device(device)
         self.warnings: list[str] = []  # problems that did not stop the engine (a derived file not saved)
-        _finish_interrupted_swap(self.index_dir)
+        from .rebuild import finish_interrupted_swap  # here: .rebuild builds on this module
+
+        finish_interrupted_swap(self.index_dir)
         manifest = self._read_manifest()
         store_dir = self.index_dir / SEGMENTS_DIR
         may_create = writable and create is not False
@@ -709,133 +710,6 @@ def _validated_manifest(manifest: object, source: str, index_dir: Path) -> dict:
     return manifest
 
 
-# ---------------------------------------------------------------- rebuilding an index
-
-RETIRED_MARK = ".retired"  # in an index directory: it is being (or was) swapped out by a rebuild
-
-
-def staging_dir(index_dir: Path) -> Path:
-    """Where `rebuild_index` builds the new index: beside the old one (one filesystem, so it can be swapped in)."""
-    return index_dir.parent / f".{index_dir.name}.rebuild"
-
-
-def _retired_dir(index_dir: Path) -> Path:
-    return index_dir.parent / f".{index_dir.name}.retired"
-
-
-def _finish_interrupted_swap(index_dir: Path) -> None:
-    """Complete a swap of plain renames (where the filesystem cannot exchange directories) that a
-    crash cut between its two renames: the index directory is missing and the new one is ready."""
-    staging, retired = staging_dir(index_dir), _retired_dir(index_dir)
-    if not index_dir.exists() and staging.is_dir() and retired.is_dir():
-        os.rename(staging, index_dir)
-
-
-def _swap_in(index_dir: Path, staging: Path) -> None:
-    """Put the finished index at `staging` in the place of `index_dir` atomically, then delete the old one.
-
-    The old directory is marked retired first, so that if a crash leaves it at the staging path
-    (after the exchange) the next rebuild discards it instead of resuming from it; it is renamed
-    out of the way before it is deleted, so that a crash while deleting leaves no half index there.
-    """
-    (index_dir / RETIRED_MARK).touch()
-    retired = _retired_dir(index_dir)
-    shutil.rmtree(retired, ignore_errors=True)
-    if exchange_paths(staging, index_dir):
-        os.rename(staging, retired)
-    else:
-        os.rename(index_dir, retired)
-        os.rename(staging, index_dir)  # a crash just before this is finished by `_finish_interrupted_swap`
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _recorded_manifest(index_dir: Path, store: SegmentStore) -> dict:
-    """The manifest of an index of any format version, as recorded (not validated): {} when lost."""
-    recorded = store.get_attribute(MANIFEST_ATTRIBUTE)
-    if isinstance(recorded, dict):
-        return recorded
-    try:
-        manifest = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
-def _built_by(index_dir: Path, model: AuSiLModel) -> bool:
-    """Whether a (partly built) index of this format version was started with `model`."""
-    try:
-        manifest = json.loads((index_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (isinstance(manifest, dict) and manifest.get("format_version") == INDEX_FORMAT_VERSION
-            and (manifest.get("model") or {}).get("sha256") == model.sha256)
-
-
-def _model_for_rebuild(index_dir: Path, spec: AuSiLModel | str | Path | None, recorded: dict) -> AuSiLModel:
-    """The given model, else the one that built the index (its recorded file, or the default if that is it)."""
-    if isinstance(spec, AuSiLModel):
-        return spec
-    if spec is not None:
-        return load_model(spec)
-    built = recorded.get("model") or {}
-    path = Path(built.get("path") or "")
-    if built.get("path") and path.is_file():
-        candidate = AuSiLModel.load(path)
-        if candidate.sha256 == built.get("sha256"):
-            return candidate
-    default = load_model(None)
-    if not built or default.sha256 == built.get("sha256"):
-        return default
-    raise IndexStoreError(
-        f"{index_dir} was built with model {built.get('identity')}, whose file is not at {built.get('path')}: "
-        "pass --model with that file (or with another model to rebuild the index with it)"
-    )
-
-
-def rebuild_index(
-    index_dir: Path,
-    model: AuSiLModel | str | Path | None = None,
-    *,
-    progress: Progress = silent,
-    before_swap: Callable[[Path, Path], None] = lambda old, new: None,
-    **engine_options,
-) -> IndexReport:
-    """Extract every file of an index (of any format version) again into a new index of this
-    format, with the same paths and ids, and swap it in. `progress` hears of the stages of
-    `SearchEngine.refill` (`scan`, `index`).
-
-    The new index is built beside the old one (`staging_dir`) while the old one stays usable; a
-    rerun after an interruption or a crash resumes it. Only when it is complete does one atomic
-    directory exchange put it in place. Files that are gone or unusable now are reported in
-    `skipped` and left out. `before_swap(old, new)` copies what layers above the engine keep in the
-    index directory (the CLI: dedup decisions) into the finished new index. The old index's writer
-    lock is held throughout.
-    """
-    index_dir = Path(index_dir)
-    _finish_interrupted_swap(index_dir)
-    store_dir = index_dir / SEGMENTS_DIR
-    if not (store_dir / "data.mdb").is_file():
-        raise IndexStoreError(f"no index at {index_dir}: nothing to rebuild")
-    with WriterLock(store_dir):
-        (index_dir / RETIRED_MARK).unlink(missing_ok=True)  # a swap that did not happen
-        shutil.rmtree(_retired_dir(index_dir), ignore_errors=True)  # an old index a crash left half deleted
-        with SegmentStore(store_dir, readonly=True, any_version=True) as old:
-            recorded = _recorded_manifest(index_dir, old)
-            records = [(record.id, record.path) for record in old.iter_records()]
-        chosen = _model_for_rebuild(index_dir, model, recorded)
-        same_model = chosen.sha256 == (recorded.get("model") or {}).get("sha256")
-        staging = staging_dir(index_dir)
-        if staging.exists() and ((staging / RETIRED_MARK).exists() or not _built_by(staging, chosen)):
-            shutil.rmtree(staging)  # the old index of a finished rebuild, or a start with another model
-        engine_options.setdefault("pooling", recorded.get("pooling") if same_model else None)
-        with SearchEngine(staging, chosen, writable=True, **engine_options) as engine:
-            report = engine.refill(records, progress)
-        if not report.interrupted:
-            before_swap(index_dir, staging)
-            _swap_in(index_dir, staging)
-    return report
-
-
 def _spellings(paths: Iterable[Path]) -> list[Path]:
     """Each path absolute and resolved: records are keyed by resolved paths (indexes built before
     that may hold absolute ones), so a removal or prune must match either."""
@@ -846,4 +720,12 @@ def _spellings(paths: Iterable[Path]) -> list[Path]:
     return list(out)
 
 
-__all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "rebuild_index", "resolve_model_path"]
+def __getattr__(name: str):
+    if name in ("rebuild_index", "staging_dir"):  # their home is .rebuild, which builds on this module
+        from . import rebuild
+
+        return getattr(rebuild, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "resolve_model_path"]
