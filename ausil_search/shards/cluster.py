@@ -28,7 +28,7 @@ from .sharded_index import QueryDescriptors, ShardedIndex, ShardedQueryResult, S
 
 CLUSTER_DEPS_HINT = "pip install 'ausil-search[cluster]' (Ray Data)"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20  # `--ray local`: enough for the log-mels in flight, small beside the model
-DECODE_CPUS = 0.5  # a decode task's share: with the network actors holding whole CPUs, decoding still runs
+DECODE_CPUS = 0.5  # a decode task's share of a CPU; the network actors leave at least this much free
 QUERY_TIMEOUT_S = 600.0
 
 
@@ -109,6 +109,13 @@ class BackboneWorker:
                 "duration_s": batch["duration_s"], "error": np.array(errors, dtype=object)}
 
 
+def network_actor_cpus(cluster_cpus: float, workers: int) -> float:
+    """Each network actor's CPU reservation: a whole CPU where the cluster has room, else a share
+    that leaves a decode task its DECODE_CPUS (as many actors as CPUs would hold every CPU while
+    waiting for decoded audio that no task could then be scheduled to make: a deadlock)."""
+    return min(1.0, max(0.05, (cluster_cpus - DECODE_CPUS) / max(1, workers)))
+
+
 class RayDataExtraction(QueryDescriptors):
     """A shard engine's extraction spread over the cluster; `workers` network actors."""
 
@@ -127,7 +134,8 @@ class RayDataExtraction(QueryDescriptors):
         dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
         dataset = dataset.map(decode_row, fn_kwargs={"frontend": self.model.frontend}, num_cpus=DECODE_CPUS)
         dataset = dataset.map_batches(BackboneWorker, fn_constructor_args=(self.model, *self.options), batch_size=1,
-                                      batch_format="numpy", compute=ActorPoolStrategy(size=self.workers), num_cpus=1)
+                                      batch_format="numpy", compute=ActorPoolStrategy(size=self.workers),
+                                      num_cpus=network_actor_cpus(ray.cluster_resources().get("CPU", 1), self.workers))
         for row in dataset.iter_rows():
             if row["error"]:
                 yield ExtractedVideo(Path(row["path"]), error=str(row["error"]))
