@@ -363,3 +363,19 @@ def test_threshold_comes_from_the_option_then_the_model_then_the_default(model_p
     assert threshold_for(model) == DEFAULT_MATCH_THRESHOLD
     model.metadata["match_threshold"] = 0.71
     assert threshold_for(model) == 0.71 and threshold_for(model, 0.3) == 0.3
+
+
+def test_a_sharded_index_gives_the_groups_of_one_index(collection, index_copy, tmp_path):
+    """Videos in different shards are matched against each other: the groups (and the pairs that
+    joined them) of a 3-shard copy equal those of the one index."""
+    sharded = tmp_path / "sharded"
+    result = run("reshard", index_copy, sharded, "--shards", 3)
+    assert result.exit_code == 0, result.output
+    with_shards, one = dedup_json(sharded, "--all-pairs"), dedup_json(index_copy, "--all-pairs")
+    assert set(name_groups(with_shards)) == set(name_groups(one)) == collection[2]
+    links = lambda payload: sorted((sorted([Path(link["a"]).name, Path(link["b"]).name]), round(link["score"], 4))  # noqa: E731
+                                   for group in payload["groups"] for link in group["links"])
+    assert links(with_shards) == links(one)
+    assert with_shards["stats"]["videos"] == 11
+    again = run("dedup", "--index", sharded, "--min-score", THRESHOLD, "--json")  # scores kept in the sharded index
+    assert again.exit_code == 0 and json.loads(again.stdout)["stats"]["pairs_scored"] == 0

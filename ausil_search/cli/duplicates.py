@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import AusilError
 from .base import DEVICE_HELP, INDEX_HELP, MIN_SCORE, MODEL_HELP, cli, default_index, emit_json, fmt_time
 from .progress import ProgressDisplay
 
@@ -48,11 +47,19 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
-    if is_sharded(index_dir or default_index()):
-        raise AusilError("dedup works on an index of one shard; a sharded index is not supported yet")
     pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
-    with SearchEngine(index_dir or default_index(), writable=False, device=device, workers=0) as engine, \
-            ProgressDisplay() as progress:
+    index_dir = index_dir or default_index()
+    if is_sharded(index_dir):  # every shard's videos against every shard's, under global ids
+        from ..shards import ShardedIndex
+        from ..shards.union import ShardUnion
+
+        opened = ShardedIndex(index_dir, writable=False, device=device, workers=0)
+        view = lambda index: ShardUnion(index)  # noqa: E731
+    else:
+        opened = SearchEngine(index_dir, writable=False, device=device, workers=0)
+        view = lambda engine: engine  # noqa: E731
+    with opened as index, ProgressDisplay() as progress:
+        engine = view(index)
         result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
                                        progress=progress, all_pairs=all_pairs)
