@@ -46,14 +46,15 @@ PCA_SAMPLE_ROWS = 20_000
 
 def stored_segments(index: Path, bench: Benchmark) -> tuple[list[str], list[np.ndarray], list[float]]:
     """(database ids, float32 copies of the stored segments, durations) of the videos of `bench` in `index`."""
-    by_path = {str(e.path): e.video_id for e in bench.database}
+    by_path = {str(Path(e.path).resolve()): e.video_id for e in bench.database}  # the store keys resolved paths
     ids, matrices, durations = [], [], []
     with SegmentStore(index / "segments", readonly=True, any_version=True) as store:
         if store.dtype != np.float16:
             raise SystemExit(f"{index}: expected a float16 store, found {store.dtype}")
         for record in store.iter_records():
-            if record.path in by_path:
-                ids.append(by_path[record.path])
+            path = str(Path(record.path).resolve())
+            if path in by_path:
+                ids.append(by_path[path])
                 matrices.append(store.segments(record.id))
                 durations.append(record.duration_s)
     return ids, matrices, durations
@@ -61,6 +62,8 @@ def stored_segments(index: Path, bench: Benchmark) -> tuple[list[str], list[np.n
 
 def principal_directions(matrices: list[np.ndarray], width: int, seed: int = 0) -> np.ndarray:
     """(D_in, width) top right-singular vectors of a row sample of the stored segments."""
+    if not matrices:
+        raise SystemExit("no video of the benchmark's database is in the index")
     rows = np.concatenate(matrices)
     rng = np.random.default_rng(seed)
     if len(rows) > PCA_SAMPLE_ROWS:
