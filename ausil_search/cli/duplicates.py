@@ -42,24 +42,16 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
     import csv
 
     from ..search.dedup import find_duplicate_groups, parse_since, read_decisions_file
-    from ..search.engine import SearchEngine
-    from ..shards import is_sharded
+    from ..shards import ShardedIndex, open_index
+    from ..shards.union import ShardUnion
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv cannot be combined")
     pairs = [tuple(p) for p in not_duplicate] + (read_decisions_file(decisions_file) if decisions_file else [])
-    index_dir = index_dir or default_index()
-    if is_sharded(index_dir):  # every shard's videos against every shard's, under global ids
-        from ..shards import ShardedIndex
-        from ..shards.union import ShardUnion
-
-        opened = ShardedIndex(index_dir, writable=False, device=device, workers=0)
-        view = lambda index: ShardUnion(index)  # noqa: E731
-    else:
-        opened = SearchEngine(index_dir, writable=False, device=device, workers=0)
-        view = lambda engine: engine  # noqa: E731
-    with opened as index, ProgressDisplay() as progress:
-        engine = view(index)
+    with open_index(index_dir or default_index(), writable=False, device=device, workers=0) as index, \
+            ProgressDisplay() as progress:
+        # a sharded index: every shard's videos against every shard's, under global ids
+        engine = ShardUnion(index) if isinstance(index, ShardedIndex) else index
         result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
                                        progress=progress, all_pairs=all_pairs)
