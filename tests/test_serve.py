@@ -488,3 +488,35 @@ def test_dedup_in_the_background_matches_the_cli(service, client, tree):
     assert client.get("/dedup", params={"since": "yesterday"}).status_code == 400
     assert client.get("/dedup", params={"limit": 0}).status_code == 422
     alive(client)
+
+
+def test_serve_falls_back_to_an_uncompiled_backbone_when_compiling_fails(tree, model_path, tmp_path, monkeypatch):
+    """Without a working C compiler, torch.compile fails on the first call, not when it wraps the network.
+    The warm engine must then reopen uncompiled, say so once, and answer queries as before."""
+    import torch
+
+    from ausil_search.service.search import WarmSearch
+
+    index_dir = tmp_path / "index"
+    with SearchEngine(index_dir, model_path, writable=True, workers=0) as engine:
+        engine.index_paths(sorted((tree["root"] / "db").iterdir()))
+
+    calls = []
+
+    def compile_without_a_compiler(module, **kwargs):
+        def first_call_fails(*args, **kw):
+            calls.append(module)
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return first_call_fails
+
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    warm = WarmSearch(index_dir, str(model_path), compile=True)
+    try:
+        assert len(calls) == 1  # the compiled network was tried, at warm-up
+        assert len(warm.warnings) == 1 and "could not be compiled (RuntimeError)" in warm.warnings[0]
+        result = warm.query(tree["root"] / "queries" / "copy-db1.mp3", top_k=1, candidates=10, nprobe=None,
+                            exhaustive=False, min_score=None)
+        assert Path(result.matches[0].path).name == "original1.ogg"
+        assert len(calls) == 1  # the query ran on the uncompiled network
+    finally:
+        warm.close()
