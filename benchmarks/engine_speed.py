@@ -124,7 +124,8 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def latency(index_dir: Path, model: Path, queries: list[Path], candidate_counts: list[int], exhaustive_queries: int) -> dict:
+def latency(index_dir: Path, model: Path, queries: list[Path], candidate_counts: list[int], exhaustive_queries: int,
+            compile: bool = False) -> dict:
     """Cold start, then warm query numbers, in a fresh process (so that its peak RSS is the query side's alone)."""
     code = (
         ANON_SAMPLER +
@@ -136,27 +137,34 @@ def latency(index_dir: Path, model: Path, queries: list[Path], candidate_counts:
         "result['peak_anon_mib'] = peak[0] / 1024\n"
         "print(json.dumps(result))\n"
     )
-    arguments = json.dumps([str(index_dir), str(model), [str(q) for q in queries], candidate_counts, exhaustive_queries])
+    arguments = json.dumps([str(index_dir), str(model), [str(q) for q in queries], candidate_counts, exhaustive_queries,
+                            compile])
     out = subprocess.run([sys.executable, "-c", code, arguments], check=True, capture_output=True, text=True,
                          env={**os.environ, "TQDM_DISABLE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure_queries(index_dir: str, model_path: str, queries: list[str], candidate_counts: list[int],
-                    exhaustive_queries: int) -> dict:
+                    exhaustive_queries: int, compile: bool = False) -> dict:
+    """The query process as `ausil-search query` (compile=False) or `serve` (compile=True) runs it:
+    NumPy's BLAS on one thread in both (devices.one_blas_thread)."""
+    from ausil_search.devices import one_blas_thread
     from ausil_search.engine import SearchEngine
     from ausil_search.model import AuSiLModel
+
+    one_blas_thread()
 
     clock = time.perf_counter()
     model = AuSiLModel.load(Path(model_path))
     cold = {"load_model_s": time.perf_counter() - clock}
     clock = time.perf_counter()
-    engine = SearchEngine(Path(index_dir), model, workers=0)
+    engine = SearchEngine(Path(index_dir), model, workers=0, compile=compile)
     cold["open_index_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     engine.query(queries[0], candidates=10)  # the first query also builds the extractor
     cold["first_query_s"] = time.perf_counter() - clock
-    results: dict = {"cold_start": cold, "videos": len(engine.store), "global_index": engine.info()["global_index"]}
+    results: dict = {"cold_start": cold, "videos": len(engine.store), "global_index": engine.info()["global_index"],
+                     "compiled": compile}
     with engine:
         exhaustive = {}
         t_exh = []
@@ -226,6 +234,8 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="run only the bounded-memory check")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true", help="keep step 1's index from an earlier run in --work")
+    parser.add_argument("--compile", action="store_true",
+                        help="queries with the backbone compiled, as `serve` runs them (default: as `query` runs them)")
     args = parser.parse_args()
 
     from ausil_search.model import AuSiLModel
@@ -283,7 +293,7 @@ def query_numbers(args, work: Path, files: list[Path], small: Path, model: Path,
     build_s = build_large_index(small, large, args.videos, seed=1)
     queries = write_queries(files, work / "queries", args.queries, args.query_seconds, seed=2)
     counts = [int(c) for c in args.candidates.split(",")]
-    lat = latency(large, model, queries, counts, args.exhaustive_queries)
+    lat = latency(large, model, queries, counts, args.exhaustive_queries, args.compile)
     disk = index_disk(large)
     report["query"] = {"videos": lat["videos"], "build_s": build_s, "disk": disk, "by_candidates": lat}
     g, cold = lat["global_index"], lat["cold_start"]
@@ -294,7 +304,8 @@ def query_numbers(args, work: Path, files: list[Path], small: Path, model: Path,
     print(f"cold start: load the model {cold['load_model_s']:.2f} s, open the index {cold['open_index_s']:.2f} s, "
           f"first query {cold['first_query_s']:.2f} s; peak RSS {lat['peak_rss_mib']:.0f} MiB "
           f"(anonymous {lat['peak_anon_mib']:.0f} MiB)")
-    print(f"query: {args.queries} queries of {args.query_seconds:.0f} s against {lat['videos']} videos (warm, top 10)")
+    print(f"query: {args.queries} queries of {args.query_seconds:.0f} s against {lat['videos']} videos (warm, top 10, "
+          f"{'compiled backbone, as serve' if args.compile else 'as the query command'})")
     print("  candidates   p50 s   p95 s   extract  recall   rerank   top-1=exh  top-10 overlap")
     for k in counts:
         x = lat[str(k)]
