@@ -108,18 +108,38 @@ class VideoComparator(nn.Module):
         if widths is None:
             widths = torch.full((sim.shape[0],), sim.shape[-1], device=sim.device)
         x = sim.unsqueeze(1)
+        kernels = self._channels_last_kernels() if channels_last else {}
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        for conv in (self.conv1, self.conv2):
-            x = F.max_pool2d(F.relu(conv(F.pad(x, (1, 1, 1, 1), mode="replicate"))), 2)
+
+        def conv(layer: nn.Conv2d, x: Tensor) -> Tensor:
+            return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels.get(layer, layer.weight), layer.bias)
+
+        for layer in (self.conv1, self.conv2):
+            x = F.relu(F.max_pool2d(conv(layer, x), 2))  # pooled first: the same as ReLU first, on 1/4 the cells
             widths = widths // 2
             x = _replicate_past_width(x, widths)
             if heights is not None:
                 heights = heights // 2
                 x = _replicate_past_width(x.transpose(-1, -2), heights).transpose(-1, -2)
-        x = self.fconv(F.relu(self.conv3(F.pad(x, (1, 1, 1, 1), mode="replicate"))))
+        x = self.fconv(F.relu(conv(self.conv3, x)))
         x = x.squeeze(1)
         return (x.clamp(-1.0, 1.0) if clip else x), widths, heights
+
+    def _channels_last_kernels(self) -> dict[nn.Conv2d, Tensor]:
+        """The 3x3 kernels in channels-last layout (converted once per change of the weights when no
+        gradient is taken). With channels-last input and default-layout kernels, oneDNN runs the
+        one-channel first convolution 14x slower (2.6 vs 0.18 ms for a batch of 7 candidates)."""
+        layers = (self.conv1, self.conv2, self.conv3)
+        if torch.is_grad_enabled():  # a differentiable copy; the cache is for inference
+            return {layer: layer.weight.contiguous(memory_format=torch.channels_last) for layer in layers}
+        key = tuple((layer.weight.data_ptr(), layer.weight._version) for layer in layers)
+        cached = getattr(self, "_kernel_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                kernels = {layer: layer.weight.detach().contiguous(memory_format=torch.channels_last) for layer in layers}
+            self._kernel_cache = cached = (key, kernels)
+        return cached[1]
 
     def reset_keras_style(self, generator: torch.Generator | None = None) -> None:
         """Glorot-uniform kernels and zero biases, as Keras initialises a fresh Conv2D."""
@@ -360,6 +380,15 @@ def _trimmed_run(diagonal: np.ndarray, median: float) -> tuple[int, int]:
     return int(above[0]), int(above[-1]) + 1
 
 
+def diagonal_means(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The mean of each diagonal `offset` of a 2-D array (``np.diagonal(values, offset).mean()``), in one pass."""
+    rows, columns = values.shape
+    column = np.arange(rows)[:, None] + offsets[None, :]
+    inside = (column >= 0) & (column < columns)
+    cells = np.where(inside, values[np.arange(rows)[:, None], np.clip(column, 0, columns - 1)], 0.0)
+    return cells.sum(axis=0) / inside.sum(axis=0)
+
+
 def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: int | None = None,
                      keep: float = 0.4, min_contrast: float = 6.0) -> list[tuple[range, range, float]]:
     """Every place the query occurs in the database video: (query rows, database columns, score) per
@@ -385,7 +414,7 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
         min_overlap = max(1, min(rows, columns) // 2)
     min_overlap = min(min_overlap, rows, columns)
     offsets = np.arange(-(rows - min_overlap), columns - min_overlap + 1)
-    scores = np.array([np.diagonal(banded, offset).mean() for offset in offsets])
+    scores = diagonal_means(banded, offsets)
     floor = float(np.median(banded))
     order = np.argsort(-scores, kind="stable")
     best = scores[order[0]]
