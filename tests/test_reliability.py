@@ -530,8 +530,11 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(tmp_path, model_path):
             shutil.copyfile(song, song.with_name(f"{song.stem}-copy{copy}{song.suffix}"))
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
+    # A shell without job control starts background commands with SIGINT ignored, and Python then keeps
+    # it ignored: a suite run that way (`nohup make test-all &`) would pass that on to the run, which
+    # then indexes everything and exits 0. The run under test gets the default disposition, as in a terminal.
     process = start_indexing(tmp_path / "db", tmp_path / "idx", model_path, tmpdir, tmp_path / "stderr",
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers = children_of(process.pid)
     time.sleep(0.5)  # the worker has decoded what it was given and waits for more: where it used to print a traceback
     os.killpg(process.pid, signal.SIGINT)
