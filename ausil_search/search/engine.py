@@ -13,7 +13,7 @@ An index is one directory:
 
 Videos are committed to the store in small batches, so an interrupted run keeps every committed
 batch and a rerun only processes what is missing or changed. An index of an older format version is
-refused with the command that converts it (`rebuild_index`: the same files extracted again into a
+refused with the command that converts it (`rebuild.rebuild_index`: the same files extracted again into a
 new index that is swapped in atomically).
 """
 
@@ -718,14 +718,6 @@ def _spellings(paths: Iterable[Path]) -> list[Path]:
         out[Path(path).absolute()] = None
         out[Path(path).resolve()] = None
     return list(out)
-
-
-def __getattr__(name: str):
-    if name in ("rebuild_index", "staging_dir"):  # their home is .rebuild, which builds on this module
-        from . import rebuild
-
-        return getattr(rebuild, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SearchEngine", "IndexReport", "QueryResult", "Match", "DEFAULT_INDEX_DIR", "resolve_model_path"]

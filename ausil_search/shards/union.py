@@ -30,25 +30,28 @@ def global_id(shard: int, video_id: int) -> int:
     return shard * ID_STRIDE + int(video_id)
 
 
+def split_id(video: int) -> tuple[int, int]:
+    """(shard, the shard's id) of a global id."""
+    return divmod(int(video), ID_STRIDE)
+
+
 class UnionStore:
     """The shards' segment stores as one read-only store with global ids."""
 
     def __init__(self, stores: dict[int, object]):
         self._stores = stores
 
-    def _by_shard(self, ids: Sequence[int]) -> dict[int, list[int]]:
-        positions: dict[int, list[int]] = defaultdict(list)
-        for position, video in enumerate(ids):
-            positions[int(video) // ID_STRIDE].append(position)
-        return positions
-
     def _gather(self, ids: Sequence[int], read) -> list:
-        ids = [int(i) for i in ids]
+        """`read(store, local ids)` per shard, the values put back in the order of `ids`."""
+        by_shard: dict[int, list[tuple[int, int]]] = defaultdict(list)  # shard -> (position, local id)
+        for position, video in enumerate(ids):
+            shard, local = split_id(video)
+            by_shard[shard].append((position, local))
         out: list = [None] * len(ids)
-        for shard, positions in self._by_shard(ids).items():
+        for shard, entries in by_shard.items():
             if shard not in self._stores:
-                raise KeyError(ids[positions[0]])
-            for position, value in zip(positions, read(self._stores[shard], [ids[p] % ID_STRIDE for p in positions])):
+                raise KeyError(int(ids[entries[0][0]]))
+            for (position, _), value in zip(entries, read(self._stores[shard], [local for _, local in entries])):
                 out[position] = value
         return out
 
@@ -82,8 +85,8 @@ class UnionRecall:
                            exclude: Sequence[int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         merged: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in queries]
         for shard, index in self._indexes.items():
-            own = None if exclude is None else [int(v) % ID_STRIDE if int(v) // ID_STRIDE == shard else -1
-                                                for v in exclude]
+            own = None if exclude is None else [local if owner == shard else -1
+                                                for owner, local in map(split_id, exclude)]
             for answers, (videos, scores) in zip(merged, index.search_videos_many(queries, k, nprobe, exclude=own)):
                 answers.append((np.asarray(videos, np.int64) + shard * ID_STRIDE, np.asarray(scores, np.float32)))
         out = []
