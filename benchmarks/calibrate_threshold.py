@@ -9,10 +9,12 @@ database video is indexed into WORK/dedup-index (incremental: a rerun reuses it)
 exactly as `ausil-search dedup` scores a collection (dedup.find_duplicate_groups: recall of
 --candidates per video, AuSiL rerank with the shorter video as the query; scores kept in the index).
 
-Truth, two ways (both reported): 'groups' — each benchmark group (a query and its `DA` positives)
-is one set of duplicates, every other pair is not; 'spans' (the default for calibrating) — also the
-pairs that transforms.json shows sharing >= 5 s of a source recording (distractors cut from
-overlapping parts of one recording, unlabelled by the generator). Two curves over the threshold t:
+Truth, three ways (all reported): 'groups' — each benchmark group (a query and its `DA` positives)
+is one set of duplicates, every other pair is not; 'spans' — also the pairs that transforms.json shows
+sharing >= 5 s of a source recording (distractors cut from overlapping parts of one recording,
+unlabelled by the generator); 'audio' (the default for calibrating) — also the pairs sharing >= 5 s of
+the same audio anywhere in the sources (loops), by the generator's own material check. Two curves
+over the threshold t:
 - pairs: precision and recall of "score >= t" over all pairs (unscored pairs count as misses);
 - groups: pairwise precision and recall of the groups `dedup` forms at t (connected components,
   so a chain of matches also joins pairs that were never scored) — what the issue's target is on.
@@ -24,6 +26,7 @@ metadata (`match_threshold`) and record the recall in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ from ausil_search.atomic import write_json_atomic  # noqa: E402
 from ausil_search.cli.progress import ProgressDisplay  # noqa: E402
 
 MIN_SHARED_S = 5.0  # the generator's own rule: a positive shares >= 5 s with its query
-TRUTHS = ("spans", "groups")
+TRUTHS = ("audio", "spans", "groups")
 
 
 def group_pairs(bench: Benchmark) -> set[tuple[str, str]]:
@@ -51,11 +54,22 @@ def group_pairs(bench: Benchmark) -> set[tuple[str, str]]:
 
 
 def materials(video: dict) -> list[tuple[str, float, float]]:
-    """(source, start, end) of the full-level audio a video is made of: its own material, and the
-    unrelated recordings it was embedded in. Mixed-in audio at -6 dB or lower is not counted."""
+    """(source, start, end) of the full-level audio a video is made of: its own material, the other
+    recording looped around it by an `embed` step, and the unrelated recordings it was embedded in.
+    Mixed-in audio at -6 dB or lower is not counted."""
     found = [(video["source"], *video["span_s"])]
     for step in video.get("chain") or []:
-        found += [(path, *span) for path, span in step.get("background", [])] if isinstance(step, dict) else []
+        if not isinstance(step, dict):
+            continue
+        found += [(path, *span) for path, span in step.get("background", [])]
+        if step.get("name") == "embed" and "other_source" in step:
+            start, end = step["other_span_s"]
+            pad = video.get("duration_s", 0.0) * step["pad_factor"] / (1.0 + step["pad_factor"])
+            if pad >= end - start:  # the padding loops the whole excerpt
+                found.append((step["other_source"], start, end))
+            else:  # only part of it, from other_start_frac on (the wrap-around is ignored)
+                first = start + step.get("other_start_frac", 0.0) * (end - start)
+                found.append((step["other_source"], first, min(end, first + pad)))
     return found
 
 
@@ -73,6 +87,69 @@ def span_pairs(bench: Benchmark, min_shared_s: float = MIN_SHARED_S) -> set[tupl
             for start_b, end_b, b in spans[i + 1:]:
                 if a != b and min(end_a, end_b) - max(start_a, start_b) >= min_shared_s:
                     pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
+def audio_pairs(bench: Benchmark, cache_dir: Path, min_shared_s: float = MIN_SHARED_S) -> set[tuple[str, str]]:
+    """`span_pairs` plus every pair whose materials hold >= min_shared_s of the same audio, wherever it
+    sits in the source recordings. Game music loops: a distractor cut from minute 9 of a track can
+    hold the bars of minute 7, and such pairs are duplicates that time spans cannot see.
+
+    "Same audio" is the benchmark generator's own rule (`MaterialIndex`: 1-s log-mel blocks, a coarse
+    and a frame-accurate cosine), the one that kept group material out of negatives. Each video's
+    footprint is its materials plus every place they occur again; a pair shares audio when the two
+    footprints overlap by >= min_shared_s (so two loops of one passage elsewhere count too).
+    """
+    from ausil_search.evaluate.benchmark import MaterialIndex, Recording, _cache_key, _decode_to_cache
+
+    by_video = {video_id: materials(video) for video_id, video in bench.transforms.items()}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    recordings, number = [], {}
+    for path in sorted({m[0] for found in by_video.values() for m in found}):
+        _, n_samples, features = _decode_to_cache((path, str(cache_dir)))
+        if features is not None and n_samples > 0:
+            number[path] = len(recordings)
+            recordings.append(Recording(path, str(cache_dir / f"{_cache_key(path)}.f32"), n_samples, features))
+    index = MaterialIndex(recordings)
+    first_cell = np.cumsum([0] + [len(cells) for cells in index.cells])
+    footprints = []
+    for found in by_video.values():
+        cells: set[int] = set()
+        for path, start, end in found:
+            if path in number:
+                for recording, a, b in index.matches(number[path], start, end):
+                    lo, hi = int(a / index.cell_s), min(math.ceil(b / index.cell_s), len(index.cells[recording]))
+                    cells.update(range(first_cell[recording] + lo, first_cell[recording] + hi))
+        footprints.append(np.fromiter(cells, np.int64, len(cells)))
+    used, counts = np.unique(np.concatenate(footprints), return_counts=True)
+    shared = used[counts >= 2]  # cells in two or more footprints: the only ones a pair can share
+    member = np.zeros((len(footprints), len(shared)), np.float32)
+    for row, cells in enumerate(footprints):
+        member[row, np.searchsorted(shared, cells[np.isin(cells, shared)])] = 1.0
+    overlap_s = (member @ member.T) * index.cell_s
+    ids = list(by_video)
+    pairs = span_pairs(bench, min_shared_s)
+    for i, j in zip(*np.nonzero(np.triu(overlap_s >= min_shared_s, k=1))):
+        pairs.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
+    return pairs
+
+
+def cached_audio_pairs(bench: Benchmark, bench_dir: Path, cache_dir: Path) -> set[tuple[str, str]]:
+    """`audio_pairs`, kept in BENCH_DIR/audio_pairs.json for the benchmark's exact transforms.json (the
+    check takes minutes and does not depend on the model)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256((bench_dir / "transforms.json").read_bytes()).hexdigest()
+    path = bench_dir / "audio_pairs.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("transforms_sha256") == key and saved.get("min_shared_s") == MIN_SHARED_S:
+            return {tuple(pair) for pair in saved["pairs"]}
+    except (OSError, ValueError):
+        pass
+    pairs = audio_pairs(bench, cache_dir)
+    write_json_atomic(path, {"transforms_sha256": key, "min_shared_s": MIN_SHARED_S, "pairs": sorted(pairs)})
     return pairs
 
 
@@ -128,7 +205,8 @@ def at(curve: list[dict], threshold: float) -> dict | None:
 
 
 def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: int | None, target: float,
-              truth: str = "spans", device: str | None = None, workers: int | None = None) -> dict:
+              truth: str = "audio", device: str | None = None, workers: int | None = None,
+              source_cache: Path | None = None) -> dict:
     from ausil_search.dedup import DedupStore, find_duplicate_groups
     from ausil_search.engine import SearchEngine
 
@@ -150,7 +228,8 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
             stats = find_duplicate_groups(engine, threshold=2.0, candidates=depth, progress=display, all_pairs=True).stats
         with DedupStore(index_dir, engine.model.sha256) as store:
             queries, databases, scores = store.pairs()
-    truth_by_name = {"groups": group_pairs(bench), "spans": span_pairs(bench)}
+    truth_by_name = {"groups": group_pairs(bench), "spans": span_pairs(bench),
+                     "audio": cached_audio_pairs(bench, bench_dir, source_cache or work / "source-cache")}
     index_of = {name: vid for vid, name in video_of.items()}
     edges = sorted(zip(scores.tolist(), queries.tolist(), databases.tolist()), reverse=True)
     report = {
@@ -170,7 +249,42 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
     for entry in report["by_truth"].values():
         entry["at_threshold"] = {kind: at(curve, report["threshold"]) if chosen else None
                                  for kind, curve in entry["curve"].items()}
+    score_of = {(min(video_of[q], video_of[d]), max(video_of[q], video_of[d])): score for score, q, d in edges}
+    report["recall_by_overlap"] = recall_by_overlap(bench, truth_by_name, score_of)
     return report
+
+
+OVERLAP_BINS = ((0.0, 0.5), (0.5, 0.75), (0.75, float("inf")))
+RECALL_MARKS = (0.5, 0.65, 0.8)
+
+
+def shared_seconds(a: dict, b: dict) -> float:
+    """Seconds of one source recording the two videos' materials share (by time spans)."""
+    return sum(max(0.0, min(end_a, end_b) - max(start_a, start_b))
+               for source_a, start_a, end_a in materials(a) for source_b, start_b, end_b in materials(b)
+               if source_a == source_b)
+
+
+def recall_by_overlap(bench: Benchmark, truth_by_name: dict, score_of: dict) -> list[dict]:
+    """How often the `spans` pairs score >= a few thresholds, by the share of the shorter video their
+    common material covers, labelled and unlabelled apart: where the whole-video score loses recall."""
+    labelled = truth_by_name["groups"]
+    rows = []
+    for a, b in truth_by_name["spans"]:
+        va, vb = bench.transforms[a], bench.transforms[b]
+        shorter = min(va.get("duration_s") or va["span_s"][1] - va["span_s"][0],
+                      vb.get("duration_s") or vb["span_s"][1] - vb["span_s"][0])
+        rows.append((shared_seconds(va, vb) / max(shorter, 1e-9), score_of.get((a, b)), (a, b) in labelled))
+    table = []
+    for low, high in OVERLAP_BINS:
+        for is_labelled in (True, False):
+            scores = [score for fraction, score, lab in rows if low <= fraction < high and lab == is_labelled]
+            if scores:
+                table.append({"covers": [low, None if high == float("inf") else high], "labelled": is_labelled, "pairs": len(scores),
+                              "scored": sum(s is not None for s in scores),
+                              "at_least": {str(t): sum(s is not None and s >= t for s in scores) / len(scores)
+                                           for t in RECALL_MARKS}})
+    return table
 
 
 def print_report(report: dict, rows: int = 12) -> None:
@@ -189,6 +303,14 @@ def print_report(report: dict, rows: int = 12) -> None:
             if g and p:
                 print(f"{mark:9.4f}  {g['precision']:15.3f}  {g['recall']:12.3f}  {p['precision']:14.3f}  {p['recall']:11.3f}"
                       + ("   <- calibrated" if mark == threshold else ""))
+    if report.get("recall_by_overlap"):
+        print("\n'spans' pairs scoring at least " + " / ".join(map(str, RECALL_MARKS))
+              + ", by the share of the shorter video their common material covers:")
+        for row in report["recall_by_overlap"]:
+            low, high = row["covers"]
+            share = f">= {low:.0%}" if high is None else f"{low:.0%}-{high:.0%}"
+            print(f"  {share:>8} {'labelled' if row['labelled'] else 'unlabelled':>10}: {row['pairs']:4d} pairs, "
+                  + " / ".join(f"{v:.2f}" for v in row["at_least"].values()))
     if threshold is None:
         print(f"\nno threshold reaches group precision {report['target_precision']} (truth '{report['truth']}')")
         return
@@ -198,6 +320,11 @@ def print_report(report: dict, rows: int = 12) -> None:
         print(f"  truth '{name}': group precision {g['precision']:.3f}, recall {g['recall']:.3f}")
 
 
+def _default_source_cache(bench_dir: Path) -> Path | None:
+    shared = bench_dir.resolve().parent / "cache"
+    return shared if shared.is_dir() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench_dir", type=Path)
@@ -205,9 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-precision", type=float, default=0.99)
     parser.add_argument("--candidates", type=int, default=20, help="Recall depth per video, as `dedup --candidates`.")
     parser.add_argument("--exhaustive", action="store_true", help="Score every pair (no recall stage).")
-    parser.add_argument("--truth", choices=TRUTHS, default="spans",
-                        help="What the threshold is calibrated on: 'groups' (the labelled groups only) or 'spans' "
-                             "(also unlabelled pairs whose material overlaps >= 5 s; see span_pairs). Both are reported.")
+    parser.add_argument("--truth", choices=TRUTHS, default="audio",
+                        help="What the threshold is calibrated on: 'groups' (the labelled groups only), 'spans' "
+                             "(also unlabelled pairs whose material overlaps >= 5 s; see span_pairs) or 'audio' (also "
+                             "pairs sharing >= 5 s of the same audio anywhere, loops included; see audio_pairs). "
+                             "All three are reported.")
+    parser.add_argument("--source-cache", type=Path, default=None,
+                        help="The decoded-source cache `bench make --cache` used (default: BENCH_DIR/../cache when it "
+                             "exists, else WORK/source-cache); the audio truth reads the sources' band features there.")
     parser.add_argument("--device", default=None)
     parser.add_argument("--workers", type=int, default=None, help="Decoding processes for indexing.")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default BENCH_DIR/work).")
@@ -215,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = calibrate(args.bench_dir, args.model, args.work or args.bench_dir / "work",
                        None if args.exhaustive else args.candidates, args.target_precision, args.truth, args.device,
-                       args.workers)
+                       args.workers, args.source_cache or _default_source_cache(args.bench_dir))
     if args.out:
         write_json_atomic(args.out, report)
     print_report(report)

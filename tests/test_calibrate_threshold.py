@@ -43,10 +43,41 @@ def test_pair_curve_and_span_truth(tmp_path):
             "d1": {"source": "s2", "span_s": [0, 20], "chain": []},
             "d2": {"source": "s2", "span_s": [16, 40], "chain": []},  # 4 s shared: too little
             "d3": {"source": "s3", "span_s": [0, 20], "chain": [{"name": "embed_long", "background": [["s2", [10, 60]]]}]},
+            # 20 s of s4 padded with 30 s of s5's 8-s excerpt, looped: it holds all of s5 [100, 108]
+            "d4": {"source": "s4", "span_s": [0, 20], "duration_s": 50, "chain": [
+                {"name": "embed", "pad_factor": 1.5, "other_source": "s5", "other_span_s": [100, 108], "other_start_frac": 0.5}]},
+            "d5": {"source": "s5", "span_s": [95, 130], "chain": []},
         }
 
     assert cal.group_pairs(Bench) == {("p", "q")}
-    assert cal.span_pairs(Bench) == {("p", "q"), ("d1", "d3"), ("d2", "d3")}
+    assert cal.span_pairs(Bench) == {("p", "q"), ("d1", "d3"), ("d2", "d3"), ("d4", "d5")}
+
+
+def test_audio_truth_finds_a_loop_that_time_spans_miss(tmp_path):
+    """A recording whose bars at 40-52 s repeat those at 2-14 s: excerpts of the two places share
+    audio though their spans do not touch; an excerpt of other bars of the same recording does not."""
+
+    from ausil_search.audio import SAMPLE_RATE
+
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    music = synth_music(60.0, SAMPLE_RATE, seed=41)[0]
+    music[40 * SAMPLE_RATE: 52 * SAMPLE_RATE] = music[2 * SAMPLE_RATE: 14 * SAMPLE_RATE]
+    write_audio_file(sources / "loop.flac", music[None], SAMPLE_RATE)
+    write_audio_file(sources / "other.flac", synth_music(30.0, SAMPLE_RATE, seed=42), SAMPLE_RATE)
+    loop, other = str(sources / "loop.flac"), str(sources / "other.flac")
+
+    class Bench:
+        annotation = {}
+        transforms = {
+            "early": {"source": loop, "span_s": [0, 16], "chain": []},
+            "late": {"source": loop, "span_s": [39, 54], "chain": []},
+            "middle": {"source": loop, "span_s": [18, 36], "chain": []},
+            "elsewhere": {"source": other, "span_s": [0, 30], "chain": []},
+        }
+
+    assert cal.span_pairs(Bench) == set()
+    assert cal.audio_pairs(Bench, tmp_path / "cache") == {("early", "late")}
 
 
 @pytest.mark.slow
@@ -68,13 +99,21 @@ def test_calibration_run_on_a_tiny_benchmark(tmp_path, model_path, capsys):
     annotation = json.loads((bench / "annotation.json").read_text())
     n_videos = len((bench / "database.txt").read_text().splitlines()) + len(annotation)
     assert report["videos"] == n_videos and report["scored_pairs"] == comb(n_videos, 2)  # --exhaustive: every pair
+    assert report["truth"] == "audio"
+    saved = json.loads((bench / "audio_pairs.json").read_text())  # kept for the next model's calibration
+    assert len(saved["pairs"]) == report["by_truth"]["audio"]["true_pairs"]
     assert report["by_truth"]["groups"]["true_pairs"] == sum(comb(1 + len(v["DA"]), 2) for v in annotation.values())
+    truths = {name: entry["true_pairs"] for name, entry in report["by_truth"].items()}
+    assert truths["groups"] <= truths["spans"] <= truths["audio"]  # each truth extends the one before
     for entry in report["by_truth"].values():
         groups = entry["curve"]["groups"]
         assert [p["threshold"] for p in groups] == sorted((p["threshold"] for p in groups), reverse=True)
         assert groups[-1]["recall"] == 1.0  # at the lowest score everything is one group
         assert all(a["recall"] <= b["recall"] for a, b in zip(groups, groups[1:]))
     if report["threshold"] is not None:
-        assert report["by_truth"]["spans"]["at_threshold"]["groups"]["precision"] >= 0.99
+        assert report["by_truth"][report["truth"]]["at_threshold"]["groups"]["precision"] >= 0.99
+    overlap = report["recall_by_overlap"]
+    assert sum(row["pairs"] for row in overlap) == report["by_truth"]["spans"]["true_pairs"]
+    assert all(0 <= v <= 1 for row in overlap for v in row["at_least"].values())
     printed = capsys.readouterr().out
     assert "truth 'groups'" in printed and ("calibrated threshold" in printed or "no threshold reaches" in printed)
