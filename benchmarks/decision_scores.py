@@ -1,0 +1,123 @@
+"""Which pair score makes the best yes/no decision: the whole-video AuSiL score against the best local
+window of the comparator's output, on the pairs a calibration run scored.
+
+    python benchmarks/decision_scores.py BENCH_DIR --work WORK [--model PATH] [--windows 2,3,5,8]
+
+Run benchmarks/calibrate_threshold.py with the same BENCH_DIR, --work and --model first: this reads
+its index (WORK/dedup-index), the pairs it scored and BENCH_DIR/audio_pairs.json.
+
+The AuSiL score is the comparator map's Chamfer similarity: the mean over the shorter video's rows
+of each row's best match. A copy that shares only part of the shorter video scores low by
+construction, so a decision on it loses partial duplicates. The local score is the mean of the same
+row maxima over the best run of k consecutive map rows (a map row covers 4 segments, about 4 s):
+"somewhere, k rows in a row match". For each score and truth (`groups`, `audio`; see
+calibrate_threshold.py) it prints the recall reachable at pair precision and at group precision
+0.99 / 0.95 / 0.90 (lowest threshold with that precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import calibrate_threshold as cal  # noqa: E402
+from run_dev import Benchmark, load_or_make_model  # noqa: E402
+
+TARGETS = (0.99, 0.95, 0.90)
+
+
+def best_window_mean(values: np.ndarray, k: int) -> float:
+    """The highest mean of `k` consecutive values (all of them when there are fewer)."""
+    k = min(k, len(values))
+    sums = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    return float((sums[k:] - sums[:-k]).max() / k)
+
+
+def comparator_row_maxima(engine, queries: np.ndarray, databases: np.ndarray):
+    """Each pair's comparator map (shorter video as the query, the scoring's tiling rules), reduced to
+    its row maxima: what the Chamfer score averages."""
+    import torch
+
+    from ausil_search.model.head import MIN_COMPARATOR_SEGMENTS, MIN_DATABASE_SEGMENTS, tile_segments
+
+    ids = sorted(set(queries.tolist()) | set(databases.tolist()))
+    segments = {i: torch.from_numpy(m) for i, m in zip(ids, engine.store.segments_many(ids))}
+    head = engine.model.head
+    with torch.inference_mode():
+        for a, b in zip(queries.tolist(), databases.tolist()):
+            x, y = segments[a], segments[b]
+            if len(x) > len(y):
+                x, y = y, x
+            grid = head.comparator_map(tile_segments(x, MIN_COMPARATOR_SEGMENTS), tile_segments(y, MIN_DATABASE_SEGMENTS))
+            yield grid.max(dim=1).values.double().numpy()
+
+
+def reachable(scores: np.ndarray, queries: np.ndarray, databases: np.ndarray, truth: set[tuple[int, int]]) -> dict:
+    edges = sorted(zip(scores.tolist(), queries.tolist(), databases.tolist()), reverse=True)
+    positive = np.array([(min(q, d), max(q, d)) in truth for _, q, d in edges], bool)
+    curves = {"pairs": cal.pair_curve(np.array([e[0] for e in edges]), positive, len(truth)),
+              "groups": cal.group_curve(edges, truth)}
+    found = {}
+    for kind, curve in curves.items():
+        for target in TARGETS:
+            point = cal.lowest_reaching(curve, target)
+            found[f"{kind}@{target}"] = {"threshold": point["threshold"], "recall": point["recall"]} if point else None
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_dir", type=Path)
+    parser.add_argument("--work", type=Path, required=True, help="calibrate_threshold.py's --work folder.")
+    parser.add_argument("--model", default=None, help="The model the calibration run used (default: the default model).")
+    parser.add_argument("--windows", default="2,3,5,8", help="Local window lengths k, in comparator-map rows.")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ausil_search.dedup import DedupStore
+    from ausil_search.engine import SearchEngine
+
+    torch.set_num_threads(1)
+    bench = Benchmark(args.bench_dir)
+    model, _ = load_or_make_model(args.model, args.work)
+    entries = bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
+    by_path = {str(Path(e.path).absolute()): e.video_id for e in entries}
+    audio = args.bench_dir / "audio_pairs.json"
+    if not audio.is_file():
+        parser.error(f"{audio} is missing: run calibrate_threshold.py on {args.bench_dir} first")
+    started = time.perf_counter()
+    with SearchEngine(args.work / "dedup-index", model, workers=0) as engine:
+        video_of = {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
+        with DedupStore(args.work / "dedup-index", engine.model.sha256) as store:
+            queries, databases, chamfer = store.pairs()
+        if not len(chamfer):
+            parser.error("no scored pairs in the index: run calibrate_threshold.py with this --work and --model first")
+        maxima = list(comparator_row_maxima(engine, queries, databases))
+    windows = [int(k) for k in args.windows.split(",")]
+    variants = {"whole video (AuSiL)": chamfer.astype(np.float64),
+                **{f"best {k} rows": np.array([best_window_mean(m, k) for m in maxima]) for k in windows}}
+    print(f"{args.bench_dir}: {len(chamfer)} scored pairs, model {model.identity}, maps in "
+          f"{time.perf_counter() - started:.1f} s")
+    index_of = {name: i for i, name in video_of.items()}
+    truths = {"groups": cal.group_pairs(bench), "audio": cal.cached_audio_pairs(bench, args.bench_dir, args.work)}
+    for truth_name, named in truths.items():
+        truth = {tuple(sorted((index_of[a], index_of[b]))) for a, b in named if a in index_of and b in index_of}
+        print(f"\ntruth '{truth_name}' ({len(truth)} pairs): recall at precision "
+              + " / ".join(map(str, TARGETS)) + ", pairs | groups")
+        for label, scores in variants.items():
+            found = reachable(scores, queries, databases, truth)
+            cells = [" / ".join(f"{(found[f'{kind}@{t}'] or {'recall': 0.0})['recall']:.3f}" for t in TARGETS)
+                     for kind in ("pairs", "groups")]
+            print(f"  {label:22s} {cells[0]}  |  {cells[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
