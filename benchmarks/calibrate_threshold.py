@@ -100,16 +100,12 @@ def audio_pairs(bench: Benchmark, cache_dir: Path, min_shared_s: float = MIN_SHA
     footprint is its materials plus every place they occur again; a pair shares audio when the two
     footprints overlap by >= min_shared_s (so two loops of one passage elsewhere count too).
     """
-    from ausil_search.evaluate.benchmark import MaterialIndex, Recording, _cache_key, _decode_to_cache
+    from ausil_search.evaluate.benchmark import MaterialIndex, decode_recordings
 
     by_video = {video_id: materials(video) for video_id, video in bench.transforms.items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    recordings, number = [], {}
-    for path in sorted({m[0] for found in by_video.values() for m in found}):
-        _, n_samples, features = _decode_to_cache((path, str(cache_dir)))
-        if features is not None and n_samples > 0:
-            number[path] = len(recordings)
-            recordings.append(Recording(path, str(cache_dir / f"{_cache_key(path)}.f32"), n_samples, features))
+    recordings = decode_recordings(sorted({m[0] for found in by_video.values() for m in found}), cache_dir)
+    number = {recording.path: i for i, recording in enumerate(recordings)}
     index = MaterialIndex(recordings)
     first_cell = np.cumsum([0] + [len(cells) for cells in index.cells])
     footprints = []
@@ -151,6 +147,30 @@ def cached_audio_pairs(bench: Benchmark, bench_dir: Path, cache_dir: Path) -> se
     pairs = audio_pairs(bench, cache_dir)
     write_json_atomic(path, {"transforms_sha256": key, "min_shared_s": MIN_SHARED_S, "pairs": sorted(pairs)})
     return pairs
+
+
+def benchmark_videos(bench: Benchmark) -> list:
+    """Every video of the benchmark once: the database, then the queries that are not in it."""
+    return bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
+
+
+def video_names(engine, videos: list) -> dict[int, str]:
+    """The index's ids of the benchmark's videos, mapped to the benchmark's names for them."""
+    by_path = {str(Path(v.path).absolute()): v.video_id for v in videos}
+    return {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
+
+
+def indexed_truth(named_pairs: set[tuple[str, str]], video_of: dict[int, str]) -> set[tuple[int, int]]:
+    """A truth's pairs of names as (smaller, larger) index-id pairs, where both videos are indexed."""
+    index_of = {name: video for video, name in video_of.items()}
+    return {tuple(sorted((index_of[a], index_of[b]))) for a, b in named_pairs if a in index_of and b in index_of}
+
+
+def curves_for(edges: list[tuple[float, int, int]], truth: set[tuple[int, int]]) -> tuple[dict, np.ndarray]:
+    """Both curves of scored `edges` (strongest first) against `truth`, and which edges are true."""
+    positive = np.array([(min(q, d), max(q, d)) in truth for _, q, d in edges], bool)
+    return {"groups": group_curve(edges, truth),
+            "pairs": pair_curve(np.array([e[0] for e in edges]), positive, len(truth))}, positive
 
 
 def pair_curve(scores: np.ndarray, positive: np.ndarray, total_positive: int) -> list[dict]:
@@ -213,15 +233,14 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
     bench = Benchmark(bench_dir)
     work.mkdir(parents=True, exist_ok=True)
     model, random_model = load_or_make_model(model_spec, work)
-    entries = bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
+    entries = benchmark_videos(bench)
     index_dir = work / "dedup-index"
     started = time.perf_counter()
     with SearchEngine(index_dir, model, writable=True, device=device, workers=workers) as engine, \
             ProgressDisplay() as display:
         engine.index_paths([e.path for e in entries], progress=display)
     with SearchEngine(index_dir, model, device=device, workers=0) as engine:
-        by_path = {str(Path(e.path).absolute()): e.video_id for e in entries}
-        video_of = {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
+        video_of = video_names(engine, entries)
         depth = len(video_of) if candidates is None else candidates
         # A threshold above any score, every pair scored: the run only scores and stores pairs; the sweep below groups.
         with ProgressDisplay() as display:
@@ -230,7 +249,6 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
             queries, databases, scores = store.pairs()
     truth_by_name = {"groups": group_pairs(bench), "spans": span_pairs(bench),
                      "audio": cached_audio_pairs(bench, bench_dir, source_cache or work / "source-cache")}
-    index_of = {name: vid for vid, name in video_of.items()}
     edges = sorted(zip(scores.tolist(), queries.tolist(), databases.tolist()), reverse=True)
     report = {
         "benchmark": str(bench_dir), "model": model.identity, "random_model": random_model,
@@ -239,10 +257,8 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
         "seconds": round(time.perf_counter() - started, 1), "by_truth": {},
     }
     for name, named_pairs in truth_by_name.items():
-        pairs = {tuple(sorted((index_of[a], index_of[b]))) for a, b in named_pairs if a in index_of and b in index_of}
-        positive = np.array([(min(q, d), max(q, d)) in pairs for _, q, d in edges], bool)
-        curves = {"groups": group_curve(edges, pairs),
-                  "pairs": pair_curve(np.array([e[0] for e in edges]), positive, len(pairs))}
+        pairs = indexed_truth(named_pairs, video_of)
+        curves, positive = curves_for(edges, pairs)
         report["by_truth"][name] = {"true_pairs": len(pairs), "scored_true_pairs": int(positive.sum()), "curve": curves}
     chosen = lowest_reaching(report["by_truth"][truth]["curve"]["groups"], target)
     report["threshold"] = chosen["threshold"] if chosen else None

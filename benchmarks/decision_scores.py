@@ -60,9 +60,7 @@ def comparator_row_maxima(engine, queries: np.ndarray, databases: np.ndarray):
 
 def reachable(scores: np.ndarray, queries: np.ndarray, databases: np.ndarray, truth: set[tuple[int, int]]) -> dict:
     edges = sorted(zip(scores.tolist(), queries.tolist(), databases.tolist()), reverse=True)
-    positive = np.array([(min(q, d), max(q, d)) in truth for _, q, d in edges], bool)
-    curves = {"pairs": cal.pair_curve(np.array([e[0] for e in edges]), positive, len(truth)),
-              "groups": cal.group_curve(edges, truth)}
+    curves, _ = cal.curves_for(edges, truth)
     found = {}
     for kind, curve in curves.items():
         for target in TARGETS:
@@ -87,14 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     bench = Benchmark(args.bench_dir)
     model, _ = load_or_make_model(args.model, args.work)
-    entries = bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
-    by_path = {str(Path(e.path).absolute()): e.video_id for e in entries}
     audio = args.bench_dir / "audio_pairs.json"
     if not audio.is_file():
         parser.error(f"{audio} is missing: run calibrate_threshold.py on {args.bench_dir} first")
     started = time.perf_counter()
     with SearchEngine(args.work / "dedup-index", model, workers=0) as engine:
-        video_of = {r.id: by_path[r.path] for r in engine.records() if r.path in by_path}
+        video_of = cal.video_names(engine, cal.benchmark_videos(bench))
         with DedupStore(args.work / "dedup-index", engine.model.sha256) as store:
             queries, databases, chamfer = store.pairs()
         if not len(chamfer):
@@ -105,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 **{f"best {k} rows": np.array([best_window_mean(m, k) for m in maxima]) for k in windows}}
     print(f"{args.bench_dir}: {len(chamfer)} scored pairs, model {model.identity}, maps in "
           f"{time.perf_counter() - started:.1f} s")
-    index_of = {name: i for i, name in video_of.items()}
-    truths = {"groups": cal.group_pairs(bench), "audio": cal.cached_audio_pairs(bench, args.bench_dir, args.work)}
+    truths = {"groups": cal.group_pairs(bench),
+              "audio": cal.cached_audio_pairs(bench, args.bench_dir, args.work / "source-cache")}
     for truth_name, named in truths.items():
-        truth = {tuple(sorted((index_of[a], index_of[b]))) for a, b in named if a in index_of and b in index_of}
+        truth = cal.indexed_truth(named, video_of)
         print(f"\ntruth '{truth_name}' ({len(truth)} pairs): recall at precision "
               + " / ".join(map(str, TARGETS)) + ", pairs | groups")
         for label, scores in variants.items():

@@ -44,10 +44,7 @@ def load(directory, name):
 
 
 def test_material_index_finds_a_repeat_off_the_grid(sources, tmp_path):
-    recordings = []
-    for path in benchmark.collect_sources([sources]):
-        path, n, features = benchmark._decode_to_cache((path, str(tmp_path)))
-        recordings.append(benchmark.Recording(path, str(tmp_path / f"{benchmark._cache_key(path)}.f32"), n, features))
+    recordings = benchmark.decode_recordings(benchmark.collect_sources([sources]), tmp_path)
     names = [Path(r.path).name for r in recordings]
     looping, plain = names.index("looping.flac"), names.index("track1.ogg")
     index = benchmark.MaterialIndex(recordings)

@@ -108,6 +108,25 @@ def _decode_to_cache(job: tuple[str, str]) -> tuple[str, int, np.ndarray | None]
     return path, len(samples), features
 
 
+def decode_recordings(paths: Sequence[str], cache_dir: Path, workers: int = 1, progress: Progress = silent) -> list[Recording]:
+    """The sources decoded into ``cache_dir`` (what is there already is reused), in the order given;
+    those without audio are left out. ``progress`` hears of the stage ``decode sources``."""
+    jobs = [(path, str(cache_dir)) for path in paths]
+    recordings: list[Recording] = []
+
+    def keep(decoded: Iterable[tuple[str, int, np.ndarray | None]]) -> None:
+        for path, n, features in track(progress, "decode sources", decoded, len(jobs)):
+            if features is not None and n > 0:
+                recordings.append(Recording(path, str(Path(cache_dir) / f"{_cache_key(path)}.f32"), n, features))
+
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=([],)) as pool:
+            keep(pool.imap(_decode_to_cache, jobs))
+    else:
+        keep(map(_decode_to_cache, jobs))
+    return recordings
+
+
 def band_features(samples: np.ndarray) -> np.ndarray:
     """``(frames, 32)`` float32: the project's log-mel (hop 512 at 44.1 kHz) with bands averaged by 4."""
     mel = log_mel(np.asarray(samples, np.float32))
@@ -570,14 +589,7 @@ def make_benchmark(
     cache.mkdir(parents=True, exist_ok=True)
     paths = collect_sources(sources)
 
-    context = multiprocessing.get_context("spawn")
-    recordings: list[Recording] = []
-    jobs = [(p, str(cache)) for p in paths]
-    with context.Pool(max(1, workers), initializer=_init_worker, initargs=([],)) as pool:
-        decoded = pool.imap(_decode_to_cache, jobs) if workers > 1 else map(_decode_to_cache, jobs)
-        for path, n, features in track(progress, "decode sources", decoded, len(jobs)):
-            if features is not None and n > 0:
-                recordings.append(Recording(path, str(cache / f"{_cache_key(path)}.f32"), n, features))
+    recordings = decode_recordings(paths, cache, workers, progress)
     if not any(r.duration_s >= (10 if mode == "hard" else 20) for r in recordings):
         raise InputError("no source recording is long enough for a seed excerpt")
 
@@ -608,7 +620,7 @@ def make_benchmark(
     results: dict[str, tuple[str, float]] = {}
     shared = [(r.path, r.cache, r.n_samples) for r in recordings]
     render_jobs = [(item, str(media_dir)) for item in items]
-    with context.Pool(max(1, workers), initializer=_init_worker, initargs=(shared,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(max(1, workers), initializer=_init_worker, initargs=(shared,)) as pool:
         rendered = pool.imap_unordered(_render_job, render_jobs) if workers > 1 else (
             render_item(item, d, recordings) for item, d in render_jobs)
         for video_id, name, duration in track(progress, "render videos", rendered, len(render_jobs)):
