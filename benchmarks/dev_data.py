@@ -1,6 +1,6 @@
 """The dev benchmark and the training audio: game music, sound effects and speech from Debian packages.
 
-    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium|hard] [--split-only]
+    python benchmarks/dev_data.py [--install] [--out bench-data] [--only small|medium|hard|heldout] [--split-only]
 
 Installs the packages (with --install; needs root and apt), lists their audio files (dpkg -L; audio
 inside .pk3/.zip game archives is extracted), and splits recordings by a hash of the file name into
@@ -12,6 +12,9 @@ training packages, sound effects shorter than 20 s are skipped (speech prompts a
 Writes ``OUT/sources/{dev,train,heldout}.txt`` and ``OUT/sources/hours.json`` (files and hours per
 package and half), and builds ``OUT/small`` (50 groups), ``OUT/medium`` (150 groups) and
 ``OUT/hard`` (30 groups of the generator's hard mode) with ``ausil-search bench make``.
+``--only heldout`` builds ``OUT/heldout`` (50 groups, as small) from the held-out half instead: audio
+of other packages than the dev benchmarks', for a last check of a model chosen on them. Using it to
+choose between models would make it one more dev set.
 Nothing here is committed; OUT is git-ignored.
 """
 
@@ -42,8 +45,10 @@ MIN_EFFECT_SECONDS = 20.0  # shorter files of the other training packages are so
 PACKAGES = BENCHMARK_PACKAGES + TRAINING_PACKAGES
 AUDIO = (".ogg", ".opus", ".wav", ".mp3", ".flac", ".gsm")
 ARCHIVES = (".pk3", ".zip")
-# name -> (groups, generator mode)
-BENCHMARKS = {"small": (50, "normal"), "medium": (150, "normal"), "hard": (30, "hard")}
+# name -> (groups, generator mode, source list)
+BENCHMARKS = {"small": (50, "normal", "dev"), "medium": (150, "normal", "dev"), "hard": (30, "hard", "dev"),
+              "heldout": (50, "normal", "heldout")}
+DEFAULT_BENCHMARKS = ["small", "medium", "hard"]
 
 
 def package_files(package: str, extract_dir: Path) -> list[Path]:
@@ -116,11 +121,11 @@ def main() -> None:
          for which, by in stats.items()}, indent=1) + "\n")
     if args.split_only:
         return
-    for name in args.only or list(BENCHMARKS):
-        groups, mode = BENCHMARKS[name]
+    for name in args.only or DEFAULT_BENCHMARKS:
+        groups, mode, source_list = BENCHMARKS[name]
         began = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "ausil_search", "bench", "make", str(sources / "dev.txt"), str(out / name), "--groups",
+            [sys.executable, "-m", "ausil_search", "bench", "make", str(sources / f"{source_list}.txt"), str(out / name), "--groups",
              str(groups), "--mode", mode, "--seed", str(args.seed), "--cache", str(out / "cache"), "--json"],
             check=True, capture_output=True, text=True)
         summary = json.loads(result.stdout)

@@ -77,8 +77,18 @@ class Benchmark:
         self.dataset_ids = self.database_ids + [e.video_id for e in self.queries if e.video_id not in set(self.database_ids)]
 
     def key(self) -> str:
-        """Names this benchmark's videos, so cached features of two benchmarks never mix."""
-        listing = "".join(f"{e.video_id} {e.path}\n" for e in self.database + self.queries)
+        """Names this benchmark's videos and their content, so cached features of two benchmarks never mix.
+
+        File sizes are in it because a benchmark rebuilt under the same ids (a changed generator, other
+        source audio) must not reuse features of the old files; an identical rebuild writes identical
+        bytes and keeps the cache."""
+        def size(path: Path) -> int:
+            try:
+                return path.stat().st_size
+            except OSError:
+                return -1
+
+        listing = "".join(f"{e.video_id} {e.path} {size(e.path)}\n" for e in self.database + self.queries)
         return hashlib.sha256(listing.encode()).hexdigest()[:8]
 
     def positives(self, query: str) -> set[str]:

@@ -89,3 +89,17 @@ def test_ablation_table_has_a_column_for_each_group_present():
     assert "| components | 1000 ms all | 1000 ms hard | 1000 ms hard-speed |" in table
     assert "| full | 0.700 | 0.650 | 0.750 |" in table
     assert "ms core" not in table and "ms speed" not in table
+
+
+def test_feature_cache_key_follows_the_files_not_only_their_names(bench, tmp_path):
+    """A benchmark rebuilt under the same ids must not reuse features of its old files; an identical
+    rebuild keeps them."""
+    media = tmp_path / "media"
+    media.mkdir()
+    for entry in bench.database + bench.queries:
+        (media / f"{entry.video_id}.mp4").write_bytes(b"x" * 100)
+    before = run_dev.Benchmark(tmp_path).key()
+    (media / "a2.mp4").write_bytes(b"x" * 100)  # rewritten, same bytes
+    assert run_dev.Benchmark(tmp_path).key() == before
+    (media / "a2.mp4").write_bytes(b"y" * 90)  # another file under the same id
+    assert run_dev.Benchmark(tmp_path).key() != before
