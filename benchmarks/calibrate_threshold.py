@@ -149,11 +149,6 @@ def cached_audio_pairs(bench: Benchmark, bench_dir: Path, cache_dir: Path) -> se
     return pairs
 
 
-def benchmark_videos(bench: Benchmark) -> list:
-    """Every video of the benchmark once: the database, then the queries that are not in it."""
-    return bench.database + [q for q in bench.queries if q.video_id not in set(bench.database_ids)]
-
-
 def video_names(engine, videos: list) -> dict[int, str]:
     """The index's ids of the benchmark's videos, mapped to the benchmark's names for them."""
     by_path = {str(Path(v.path).absolute()): v.video_id for v in videos}
@@ -233,7 +228,7 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
     bench = Benchmark(bench_dir)
     work.mkdir(parents=True, exist_ok=True)
     model, random_model = load_or_make_model(model_spec, work)
-    entries = benchmark_videos(bench)
+    entries = bench.videos
     index_dir = work / "dedup-index"
     started = time.perf_counter()
     with SearchEngine(index_dir, model, writable=True, device=device, workers=workers) as engine, \

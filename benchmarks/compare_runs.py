@@ -31,10 +31,9 @@ def load_run(path: Path, mode: str) -> dict:
     return {"model": data.get("meta", {}).get("model", "?"), "benchmark": data.get("meta", {}).get("benchmark"), **run}
 
 
-def paired_difference(base: dict[str, float], other: dict[str, float], queries=None,
-                      resamples: int = 5000, seed: int = 0) -> dict:
+def paired_difference(base: dict[str, float], other: dict[str, float], resamples: int = 5000, seed: int = 0) -> dict:
     """Mean of other − base over shared queries, with a percentile bootstrap interval (95 %)."""
-    shared = sorted(set(base) & set(other) if queries is None else set(queries) & set(base) & set(other))
+    shared = sorted(set(base) & set(other))
     if not shared:
         return {"queries": 0}
     diff = np.array([other[q] - base[q] for q in shared], dtype=np.float64)

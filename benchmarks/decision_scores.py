@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{audio} is missing: run calibrate_threshold.py on {args.bench_dir} first")
     started = time.perf_counter()
     with SearchEngine(args.work / "dedup-index", model, workers=0) as engine:
-        video_of = cal.video_names(engine, cal.benchmark_videos(bench))
+        video_of = cal.video_names(engine, bench.videos)
         with DedupStore(args.work / "dedup-index", engine.model.sha256) as store:
             queries, databases, chamfer = store.pairs()
         if not len(chamfer):

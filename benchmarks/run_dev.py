@@ -73,8 +73,11 @@ class Benchmark:
         transforms = self.root / "transforms.json"
         self.transforms: dict[str, dict] = json.loads(transforms.read_text(encoding="utf-8")) if transforms.is_file() else {}
         self.database_ids = [e.video_id for e in self.database]
-        # evaluate() wants the queries in the dataset too; they are never ranked against themselves.
-        self.dataset_ids = self.database_ids + [e.video_id for e in self.queries if e.video_id not in set(self.database_ids)]
+        # Every video once: the database, then the queries not in it. evaluate() wants the queries in the
+        # dataset too; they are never ranked against themselves.
+        database_ids = set(self.database_ids)
+        self.videos = self.database + [e for e in self.queries if e.video_id not in database_ids]
+        self.dataset_ids = [e.video_id for e in self.videos]
 
     def key(self) -> str:
         """Names this benchmark's videos and their content, so cached features of two benchmarks never mix.
