@@ -18,6 +18,7 @@ own generator seeded from the plan, so the output does not depend on the number 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -620,9 +621,13 @@ def make_benchmark(
     results: dict[str, tuple[str, float]] = {}
     shared = [(r.path, r.cache, r.n_samples) for r in recordings]
     render_jobs = [(item, str(media_dir)) for item in items]
-    with multiprocessing.get_context("spawn").Pool(max(1, workers), initializer=_init_worker, initargs=(shared,)) as pool:
-        rendered = pool.imap_unordered(_render_job, render_jobs) if workers > 1 else (
-            render_item(item, d, recordings) for item, d in render_jobs)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                workers, initializer=_init_worker, initargs=(shared,)))
+            rendered = pool.imap_unordered(_render_job, render_jobs)
+        else:  # serial: no worker processes to start
+            rendered = (render_item(item, d, recordings) for item, d in render_jobs)
         for video_id, name, duration in track(progress, "render videos", rendered, len(render_jobs)):
             results[video_id] = (name, duration)
 
