@@ -1,0 +1,158 @@
+"""How much degradation does a model survive? Top-1 accuracy per transformation and strength.
+
+    python benchmarks/degradation_curve.py [SOURCES.txt] [--model PATH] [--recordings 24] [--seconds 20]
+        [--out curve.json]
+
+The dev tables give one number per transformation, mixed over strengths and over chains of two or
+three steps. To know where the descriptors break (and so which training views matter) this takes
+`--recordings` dev recordings (default `bench-data/sources/dev.txt`, the half never trained on), cuts
+two non-overlapping excerpts of `--seconds` from each (a quarter and three quarters of the way in),
+and asks for every single transformation at every strength: does a degraded copy of the first
+excerpt score highest against its own clean source, among all clean excerpts (the recording's other
+excerpt included, the benchmark's hard negative)? It prints top-1 accuracy and the median margin
+(source score minus the best other score) per row, with the full AuSiL score of the model and with
+the backbone's MAC descriptors alone (mean over the excerpt, cosine), so a row shows whether the backbone or the head fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+# (label, steps) in the generator's own step format (ausil_search.media.augment.apply_step), applied in
+# order; "other" is filled in per recording with an excerpt of the next recording. The last rows chain
+# steps as the hard benchmark does (2–3 strong steps, sometimes a time change).
+MIX = {"name": "mix", "other_start_frac": 0.0}
+NOISE = {"name": "noise", "color": "pink"}
+TELEPHONE = {"name": "band", "kind": "telephone", "low_hz": 300.0, "high_hz": 3400.0}
+REROOM = {"name": "rerecord", "rt60_s": 0.6, "wet": 0.5, "low_hz": 250, "high_hz": 5000, "snr_db": 20.0}
+
+
+def _codec(codec: str, kbps: int) -> dict:
+    return {"name": "codec", "codec": codec, "bitrate": kbps * 1000}
+
+
+CONDITIONS: list[tuple[str, list[dict]]] = (
+    [("clean", [])]
+    + [(f"mix {level:+d} dB", [dict(MIX, level_db=float(level))]) for level in (-15, -10, -6, -4, -2, 0)]
+    + [(f"noise {snr} dB", [dict(NOISE, snr_db=float(snr))]) for snr in (20, 10, 5, 0)]
+    + [(f"{codec} {kbps} kbps", [_codec(codec, kbps)])
+       for codec, rates in (("mp3", (64, 32)), ("aac", (48, 24)), ("opus", (24, 12))) for kbps in rates]
+    + [(f"resample {rate} Hz", [{"name": "resample", "rate": rate}]) for rate in (22050, 16000, 8000)]
+    + [("telephone band", [TELEPHONE]), ("rerecord", [REROOM])]
+    + [(f"tempo ×{factor}", [{"name": "tempo", "factor": factor}]) for factor in (0.87, 0.93, 1.07, 1.15)]
+    + [(f"speed ×{factor}", [{"name": "speed", "factor": factor}]) for factor in (0.87, 1.15)]
+    + [("opus 16 kbps + noise 5 dB", [dict(NOISE, snr_db=5.0), _codec("opus", 16)]),
+       ("telephone + mix −4 dB", [dict(MIX, level_db=-4.0), TELEPHONE]),
+       ("rerecord + noise 5 dB + opus 16 kbps", [REROOM, dict(NOISE, snr_db=5.0), _codec("opus", 16)]),
+       ("tempo ×1.1 + noise 5 dB + opus 16 kbps", [{"name": "tempo", "factor": 1.1}, dict(NOISE, snr_db=5.0), _codec("opus", 16)]),
+       ("speed ×1.1 + noise 5 dB + opus 16 kbps", [{"name": "speed", "factor": 1.1}, dict(NOISE, snr_db=5.0), _codec("opus", 16)]),
+       ("tempo ×1.1 + mix −4 dB + telephone", [{"name": "tempo", "factor": 1.1}, dict(MIX, level_db=-4.0), TELEPHONE])]
+)
+
+
+def excerpts(paths: list[str], count: int, seconds: float, rate: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, first excerpt, second excerpt) from the first `count` recordings long enough for both."""
+    from ausil_search.errors import InputError
+    from ausil_search.media.audio import load_audio
+
+    out = []
+    n = round(seconds * rate)
+    for path in paths:
+        try:
+            samples = load_audio(path, rate)
+        except InputError:
+            continue
+        if len(samples) < 2.5 * n:
+            continue
+        a, b = len(samples) // 4 - n // 2, 3 * len(samples) // 4 - n // 2
+        first, second = samples[max(0, a):max(0, a) + n], samples[b:b + n]
+        if np.sqrt(np.mean(first ** 2)) < 1e-3 or np.sqrt(np.mean(second ** 2)) < 1e-3:
+            continue  # near silence says nothing about degradation
+        out.append((Path(path).name, first, second))
+        if len(out) == count:
+            break
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sources", nargs="?", type=Path, default=REPO / "bench-data/sources/dev.txt",
+                        help="A list of audio files, one per line (default: the dev half).")
+    parser.add_argument("--model", default=None, help="Model file; default: the shipped default.")
+    parser.add_argument("--recordings", type=int, default=24)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="Also write the rows as JSON here.")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ausil_search.features.extraction import Extractor, signal_descriptors
+    from ausil_search.media.augment import apply_chain
+    from ausil_search.model import load_model
+
+    model = load_model(args.model)
+    rate = model.frontend.sample_rate
+    encoder = Extractor(model, workers=0).encoder
+    paths = [line.strip() for line in args.sources.read_text().splitlines() if line.strip()]
+    paths = [paths[i] for i in np.random.default_rng(args.seed).permutation(len(paths))]  # every package, not the first
+    began = time.monotonic()
+    material = excerpts(paths, args.recordings, args.seconds, rate)
+    if len(material) < 2:
+        raise SystemExit(f"{args.sources}: fewer than 2 recordings of at least {2.5 * args.seconds:.0f} s")
+    print(f"{len(material)} recordings, 2 excerpts of {args.seconds:.0f} s each; model {model.identity}", file=sys.stderr)
+
+    def describe(signal: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        descriptors = signal_descriptors(signal, encoder, model.frontend)
+        with torch.inference_mode():
+            embedded = model.head.embed(torch.from_numpy(np.ascontiguousarray(descriptors)))
+        mac = descriptors.mean(axis=0)
+        return embedded, mac / max(np.linalg.norm(mac), 1e-12)
+
+    clean = [describe(x) for _, first, second in material for x in (first, second)]
+    clean_embedded = [e for e, _ in clean]
+    clean_mac = np.stack([m for _, m in clean])
+    rows = []
+    for label, steps in CONDITIONS:
+        hits = {"full": [], "mac": []}
+        margins = {"full": [], "mac": []}
+        for i, (_, first, _) in enumerate(material):
+            rng = np.random.default_rng([args.seed, i])
+            other = material[(i + 1) % len(material)][1]
+            copy = apply_chain(first, rate, [dict(step, other=0) for step in steps], rng, (other,))
+            embedded, mac = describe(copy)
+            with torch.inference_mode():
+                full = model.head.score_many(embedded, clean_embedded).float().numpy()
+            for name, scores in (("full", full), ("mac", clean_mac @ mac)):
+                source = scores[2 * i]
+                best_other = np.max(np.delete(scores, 2 * i))
+                hits[name].append(source > best_other)
+                margins[name].append(float(source - best_other))
+        row = {"condition": label, "copies": len(material)}
+        for name in ("full", "mac"):
+            row[f"{name}_top1"] = float(np.mean(hits[name]))
+            row[f"{name}_margin"] = float(np.median(margins[name]))
+        rows.append(row)
+        print(f"{label}: full {row['full_top1']:.2f}, mac {row['mac_top1']:.2f} ({time.monotonic() - began:.0f} s)",
+              file=sys.stderr)
+    print("\n| condition | top-1, full | median margin, full | top-1, MAC | median margin, MAC |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['condition']} | {row['full_top1']:.2f} | {row['full_margin']:+.3f} | {row['mac_top1']:.2f} | "
+              f"{row['mac_margin']:+.3f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"model": model.identity, "recordings": [m[0] for m in material],
+                                        "seconds": args.seconds, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
