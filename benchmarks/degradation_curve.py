@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 # (label, steps) in the generator's own step format (ausil_search.media.augment.apply_step), applied in
-# order; "other" is filled in per recording with an excerpt of the next recording. The last rows chain
-# steps as the hard benchmark does (2–3 strong steps, sometimes a time change).
-MIX = {"name": "mix", "other_start_frac": 0.0}
+# order; the mix's "other" (index 0) is an excerpt of the next recording. The last rows chain steps as
+# the hard benchmark does (2–3 strong steps, sometimes a time change).
+MIX = {"name": "mix", "other": 0, "other_start_frac": 0.0}
 NOISE = {"name": "noise", "color": "pink"}
 TELEPHONE = {"name": "band", "kind": "telephone", "low_hz": 300.0, "high_hz": 3400.0}
 REROOM = {"name": "rerecord", "rt60_s": 0.6, "wet": 0.5, "low_hz": 250, "high_hz": 5000, "snr_db": 20.0}
@@ -74,7 +74,7 @@ def excerpts(paths: list[str], count: int, seconds: float, rate: int) -> list[tu
         if len(samples) < 2.5 * n:
             continue
         a, b = len(samples) // 4 - n // 2, 3 * len(samples) // 4 - n // 2
-        first, second = samples[max(0, a):max(0, a) + n], samples[b:b + n]
+        first, second = samples[a:a + n], samples[b:b + n]  # both inside: the recording is >= 2.5 n long
         if np.sqrt(np.mean(first ** 2)) < 1e-3 or np.sqrt(np.mean(second ** 2)) < 1e-3:
             continue  # near silence says nothing about degradation
         out.append((Path(path).name, first, second))
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (_, first, _) in enumerate(material):
             rng = np.random.default_rng([args.seed, i])
             other = material[(i + 1) % len(material)][1]
-            copy = apply_chain(first, rate, [dict(step, other=0) for step in steps], rng, (other,))
+            copy = apply_chain(first, rate, steps, rng, (other,))
             embedded, mac = describe(copy)
             with torch.inference_mode():
                 full = model.head.score_many(embedded, clean_embedded).float().numpy()

@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+from calibrate_threshold import video_names  # noqa: E402
 from compare_runs import paired_difference  # noqa: E402
 from run_dev import Benchmark, score_run  # noqa: E402
 
@@ -54,8 +55,8 @@ def factor_scores(bench: Benchmark, index: Path, model: str | None, factors: lis
     began = time.monotonic()
     with SearchEngine(index, model, writable=False, workers=0) as engine:
         ids = engine.store.ids()
-        by_path = {str(Path(e.path).absolute()): e.video_id for e in bench.database}
-        names = [by_path.get(engine.store.get(int(i)).path) for i in ids]
+        video_of = video_names(engine, bench.database)
+        names = [video_of.get(int(i)) for i in ids]
         rate = engine.frontend.sample_rate
         encoder = engine.extractor().encoder
         for n, entry in enumerate(bench.queries, 1):
