@@ -262,6 +262,31 @@ def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_pat
     assert (tmp_path / "ssl.report.json").is_file()
 
 
+def test_views_option_changes_the_recipe_that_is_trained_and_recorded(media_dir, tmp_path):
+    out = tmp_path / "ssl.safetensors"
+    views = tmp_path / "views.json"
+    views.write_text(json.dumps({"p_clean": 0.0, "p_mix": 1.0, "mix_level_db": [-6, 0], "noise_snr_db": [0, 5]}))
+    result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(out), "--steps", "1", "--batch", "2",
+                                      "--excerpt-seconds", "2.6", "--calibration-batches", "1", "--workers", "0",
+                                      "--views", str(views), "--json"])
+    assert result.exit_code == 0, result.output
+    recipe = AuSiLModel.load(out).metadata["backbone_training"]["config"]["recipe"]
+    assert recipe["p_mix"] == 1.0 and recipe["mix_level_db"] == [-6.0, 0.0] and recipe["noise_snr_db"] == [0.0, 5.0]
+    assert recipe["p_noise"] == ViewRecipe.p_noise and recipe["excerpt_s"] == 2.6  # the rest as before
+
+    trained = ViewRecipe.from_dict(recipe)
+    rng = np.random.default_rng(0)
+    chains = [draw_view_chain(rng, trained, n_others=3) for _ in range(50)]
+    levels = [step["level_db"] for chain in chains for step in chain if step["name"] == "mix"]
+    assert len(levels) == 50 and all(-6 <= level <= 0 for level in levels)
+
+    for bad, message in (('{"p_mixx": 1}', "unknown view setting 'p_mixx'"), ('{"p_mix": 1.5}', "p_mix is a probability"),
+                         ('{"noise_snr_db": [5, 0]}', "low <= high"), ('[1]', "JSON object"),
+                         ('{"excerpts_per_recording": 1.5}', "excerpts_per_recording takes an integer")):
+        result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(out), "--views", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_learning_rate_warms_up_then_decays_to_zero_at_the_end():
     config = BackboneTrainConfig(steps=100, lr=1e-3, warmup_steps=10, decay_steps=20)
     rates = [config.learning_rate(step) for step in range(100)]

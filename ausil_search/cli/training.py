@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -207,6 +208,30 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
     click.echo(f"model → {output} ({model.identity}); report → {report_path}")
 
 
+def _view_recipe(views: str | None, **options) -> ViewRecipe:
+    """The recipe from the named options, then `--views` (inline JSON or a JSON file) on top."""
+    recipe = ViewRecipe(**options)
+    if views is None:
+        return recipe
+    text = views
+    if not views.lstrip().startswith("{"):
+        try:
+            text = Path(views).read_text()
+        except OSError as error:
+            raise click.BadParameter(f"neither a JSON object nor a readable file: {error.strerror or error}",
+                                     param_hint="--views") from None
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON: {error}", param_hint="--views") from None
+    if not isinstance(overrides, dict):
+        raise click.BadParameter("expected a JSON object of view-recipe fields", param_hint="--views")
+    try:
+        return recipe.with_overrides(overrides)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--views") from None
+
+
 @cli.command("train-backbone")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Model file to write.")
@@ -227,6 +252,9 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
               help="Seconds by which the two views' windows may be misaligned (query vs database segment grid).")
 @click.option("--excerpts-per-recording", type=click.IntRange(min=1), default=ViewRecipe.excerpts_per_recording, show_default=True,
               help="Non-overlapping excerpts of one recording in a batch, negatives of each other (1: none).")
+@click.option("--views", "views", default=None, metavar="JSON|FILE",
+              help="Change the view recipe: a JSON object of its fields (or a file holding one), e.g. "
+                   "'{\"p_mix\": 0.5, \"noise_snr_db\": [0, 10]}'. Fields: ausil_search.train.configs.ViewRecipe.")
 @click.option("--calibration-batches", type=click.IntRange(min=1), default=BackboneTrainConfig.calibration_batches, show_default=True,
               help="Batches over which BatchNorm statistics are recomputed at the end.")
 @click.option("--workers", type=click.IntRange(min=0), default=BackboneTrainingJob.workers, show_default=True,
@@ -240,8 +268,8 @@ def train(sources, model_spec, output, annotation, video_list, labels, steps, ba
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, excerpt_seconds,
-                   max_shift, excerpts_per_recording, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed, name, device,
-                   float16, as_json):
+                   max_shift, excerpts_per_recording, views, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed,
+                   name, device, float16, as_json):
     """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
 
     \b
@@ -260,8 +288,8 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                  decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
-                                 recipe=ViewRecipe(excerpt_s=excerpt_seconds, max_shift_s=max_shift,
-                                                   excerpts_per_recording=excerpts_per_recording))
+                                 recipe=_view_recipe(views, excerpt_s=excerpt_seconds, max_shift_s=max_shift,
+                                                     excerpts_per_recording=excerpts_per_recording))
     job = BackboneTrainingJob(sources=list(sources), config=config, checkpoint_dir=checkpoint_dir, resume=resume,
                               device=device, workers=workers)
     start = load_model(model_spec) if model_spec else None

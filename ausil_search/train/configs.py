@@ -7,7 +7,7 @@ lists as resumable; :func:`changed_settings` names the others that differ.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +163,31 @@ class ViewRecipe:
     def from_dict(cls, data: dict) -> ViewRecipe:
         names = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+    def with_overrides(self, overrides: dict) -> ViewRecipe:
+        """This recipe with some fields replaced (``train-backbone --views``): unknown names, wrong types
+        and probabilities outside [0, 1] are refused, so a typo cannot silently train the default recipe."""
+        known = {f.name: getattr(self, f.name) for f in fields(self)}
+        changes = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValueError(f"unknown view setting {name!r}; known: {', '.join(sorted(known))}")
+            default = known[name]
+            if isinstance(default, tuple):
+                if not (isinstance(value, (list, tuple)) and len(value) == 2
+                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                        and value[0] <= value[1]):
+                    raise ValueError(f"{name} must be a pair [low, high] with low <= high, got {value!r}")
+                value = tuple(type(default[0])(v) for v in value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(default, int) and not isinstance(value, int)):
+                raise ValueError(f"{name} takes {'an integer' if isinstance(default, int) else 'a number'}, got {value!r}")
+            else:
+                value = type(default)(value)
+            if name.startswith("p_") and not 0 <= value <= 1:
+                raise ValueError(f"{name} is a probability, got {value}")
+            changes[name] = value
+        return replace(self, **changes)
 
     def check_fits(self, frontend: FrontEnd) -> None:
         """The excerpt must still hold a window (plus the shift) after the fastest speed change."""
