@@ -365,6 +365,16 @@ def test_threshold_comes_from_the_option_then_the_model_then_the_default(model_p
     assert threshold_for(model) == 0.71 and threshold_for(model, 0.3) == 0.3
 
 
+def test_the_default_threshold_was_calibrated_with_the_bundled_model():
+    """Swapping the bundled model without recalibrating DEFAULT_MATCH_THRESHOLD (decision.py says how) fails here."""
+    from ausil_search.decision import CALIBRATED_FOR, DEFAULT_MATCH_THRESHOLD, threshold_for
+    from ausil_search.model import BUNDLED_MODEL, AuSiLModel
+
+    bundled = AuSiLModel.load(BUNDLED_MODEL)
+    assert bundled.sha256.startswith(CALIBRATED_FOR), "recalibrate DEFAULT_MATCH_THRESHOLD for the new bundled model"
+    assert threshold_for(bundled) == DEFAULT_MATCH_THRESHOLD  # no value of its own in the file
+
+
 def test_a_sharded_index_gives_the_groups_of_one_index(collection, index_copy, tmp_path):
     """Videos in different shards are matched against each other: the groups (and the pairs that
     joined them) of a 3-shard copy equal those of the one index."""
