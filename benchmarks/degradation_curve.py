@@ -2,6 +2,7 @@
 
     python benchmarks/degradation_curve.py [SOURCES.txt] [--model PATH] [--recordings 24] [--seconds 20]
         [--out curve.json]
+    python benchmarks/degradation_curve.py --compare A.json B.json   # two runs' --out files, paired
 
 The dev tables give one number per transformation, mixed over strengths and over chains of two or
 three steps. To know where the descriptors break (and so which training views matter) this takes
@@ -12,6 +13,10 @@ excerpt score highest against its own clean source, among all clean excerpts (th
 excerpt included, the benchmark's hard negative)? It prints top-1 accuracy and the median margin
 (source score minus the best other score) per row, with the full AuSiL score of the model and with
 the backbone's MAC descriptors alone (mean over the excerpt, cosine), so a row shows whether the backbone or the head fails.
+
+`--compare` sets two runs side by side (a new backbone against the old, say) and gives B − A in top-1 over
+the rows where the descriptors break (mixing, noise at 10 dB or less, the chains), with a 95 % interval
+from resampling recordings.
 """
 
 from __future__ import annotations
@@ -92,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Also write the rows as JSON here.")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), default=None,
+                        help="Compare two runs' --out files (same recordings) instead of measuring: per row, and B − A "
+                             "over the mixing/noise/chain rows with a 95 %% interval over recordings.")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare_runs(*args.compare, seed=args.seed)
 
     import torch
 
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("full", "mac"):
             row[f"{name}_top1"] = float(np.mean(hits[name]))
             row[f"{name}_margin"] = float(np.median(margins[name]))
+            row[f"{name}_hits"] = [int(hit) for hit in hits[name]]  # per recording, for --compare
         rows.append(row)
         print(f"{label}: full {row['full_top1']:.2f}, mac {row['mac_top1']:.2f} ({time.monotonic() - began:.0f} s)",
               file=sys.stderr)
@@ -151,6 +162,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"model": model.identity, "recordings": [m[0] for m in material],
                                         "seconds": args.seconds, "rows": rows}, indent=1))
+    return 0
+
+
+def is_hard_row(condition: str) -> bool:
+    """The rows where the descriptors break: mixing, noise at 10 dB or less, and the chains."""
+    if " + " in condition:
+        return True
+    kind, _, strength = condition.partition(" ")
+    return kind == "mix" or (kind == "noise" and float(strength.split()[0]) <= 10)
+
+
+def compare_runs(path_a: Path, path_b: Path, seed: int = 0, resamples: int = 10_000) -> int:
+    """Per-row top-1 of two runs and B − A over the hard rows, the interval from resampling recordings
+    (a recording's copies under all conditions move together, so recordings are the unit)."""
+    a, b = (json.loads(Path(p).read_text()) for p in (path_a, path_b))
+    if a["recordings"] != b["recordings"] or a["seconds"] != b["seconds"]:
+        raise SystemExit("the two runs used other recordings or excerpt lengths: rerun with the same --recordings/--seed")
+    rows_b = {row["condition"]: row for row in b["rows"]}
+    common = [row for row in a["rows"] if row["condition"] in rows_b and "mac_hits" in row and "mac_hits" in rows_b[row["condition"]]]
+    if not common:
+        raise SystemExit("no rows with per-recording hits in both runs (runs before --compare existed lack them)")
+    print(f"A = {a['model']}\nB = {b['model']}\n")
+    print("| condition | A full | B full | A MAC | B MAC |\n|---|---|---|---|---|")
+    for row in common:
+        other = rows_b[row["condition"]]
+        print(f"| {row['condition']} | {row['full_top1']:.2f} | {other['full_top1']:.2f} | {row['mac_top1']:.2f} | "
+              f"{other['mac_top1']:.2f} |")
+    hard = [row for row in common if is_hard_row(row["condition"])]
+    rng = np.random.default_rng(seed)
+    print(f"\nB − A over the {len(hard)} mixing/noise/chain rows, mean top-1 (95 % interval over recordings):")
+    for name in ("full", "mac"):
+        diff = np.array([np.subtract(rows_b[row["condition"]][f"{name}_hits"], row[f"{name}_hits"]) for row in hard], float)
+        per_recording = diff.mean(axis=0)
+        boot = per_recording[rng.integers(0, len(per_recording), (resamples, len(per_recording)))].mean(axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(f"  {name}: {per_recording.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
     return 0
 
 

@@ -15,7 +15,7 @@ import degradation_curve  # noqa: E402
 
 
 @pytest.mark.slow
-def test_clean_copies_find_their_source_and_short_files_are_skipped(tmp_path):
+def test_clean_copies_find_their_source_and_short_files_are_skipped(tmp_path, capsys):
     rate = 44_100
     paths = []
     for seed, seconds in ((11, 20.0), (12, 5.0), (13, 20.0), (14, 20.0)):
@@ -35,3 +35,24 @@ def test_clean_copies_find_their_source_and_short_files_are_skipped(tmp_path):
     assert clean["copies"] == 3 and clean["full_top1"] == 1.0 and clean["mac_top1"] == 1.0
     assert clean["full_margin"] > 0 and clean["mac_margin"] > 0
     assert rows["mix +0 dB"]["full_margin"] < clean["full_margin"]
+
+    # --compare: a run against itself moves nothing; against a copy whose MAC misses every hard row it
+    # reports minus A's hard-row top-1, with an interval around it, and refuses other recordings.
+    worse = json.loads(out.read_text())
+    hard = [row for row in worse["rows"] if degradation_curve.is_hard_row(row["condition"])]
+    assert {row["condition"] for row in hard} >= {"mix +0 dB", "noise 0 dB", "noise 10 dB", "telephone + mix −4 dB"}
+    assert not {"noise 20 dB", "clean", "opus 12 kbps"} & {row["condition"] for row in hard}
+    expected = -sum(sum(row["mac_hits"]) for row in hard) / (len(hard) * 3) or 0.0
+    for row in hard:
+        row["mac_hits"] = [0, 0, 0]
+    worse_path = tmp_path / "worse.json"
+    worse_path.write_text(json.dumps(worse))
+    capsys.readouterr()
+    assert degradation_curve.main(["--compare", str(out), str(out)]) == 0
+    assert degradation_curve.main(["--compare", str(out), str(worse_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("[")[0].strip() for line in lines if line.strip().startswith("mac:")] == ["mac: +0.000", f"mac: {expected:+.3f}"]
+    worse["recordings"] = worse["recordings"][::-1]
+    worse_path.write_text(json.dumps(worse))
+    with pytest.raises(SystemExit, match="other recordings"):
+        degradation_curve.main(["--compare", str(out), str(worse_path)])
