@@ -282,7 +282,8 @@ def test_views_option_changes_the_recipe_that_is_trained_and_recorded(media_dir,
 
     for bad, message in (('{"p_mixx": 1}', "unknown view setting 'p_mixx'"), ('{"p_mix": 1.5}', "p_mix is a probability"),
                          ('{"noise_snr_db": [5, 0]}', "low <= high"), ('[1]', "JSON object"),
-                         ('{"excerpts_per_recording": 1.5}', "excerpts_per_recording takes an integer")):
+                         ('{"excerpts_per_recording": 1.5}', "excerpts_per_recording takes an integer"),
+                         ('{"codec_kbps": [12.5, 48]}', "codec_kbps takes a pair of integers")):
         result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(out), "--views", bad])
         assert result.exit_code == 2 and message in result.output, result.output
 

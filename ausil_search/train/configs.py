@@ -178,6 +178,8 @@ class ViewRecipe:
                         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
                         and value[0] <= value[1]):
                     raise ValueError(f"{name} must be a pair [low, high] with low <= high, got {value!r}")
+                if isinstance(default[0], int) and not all(isinstance(v, int) for v in value):
+                    raise ValueError(f"{name} takes a pair of integers, got {value!r}")
                 value = tuple(type(default[0])(v) for v in value)
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
                     isinstance(default, int) and not isinstance(value, int)):
