@@ -32,6 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
+from compare_runs import paired_difference  # noqa: E402
+
 # (label, steps) in the generator's own step format (ausil_search.media.augment.apply_step), applied in
 # order; the mix's "other" (index 0) is an excerpt of the next recording. The last rows chain steps as
 # the hard benchmark does (2–3 strong steps, sometimes a time change).
@@ -166,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_hard_row(condition: str) -> bool:
-    """The rows where the descriptors break: mixing, noise at 10 dB or less, and the chains."""
-    if " + " in condition:
-        return True
-    kind, _, strength = condition.partition(" ")
-    return kind == "mix" or (kind == "noise" and float(strength.split()[0]) <= 10)
+    """The rows where the descriptors break: mixing, noise at 10 dB or less, and the chains (read off
+    the row's steps in CONDITIONS, not its label)."""
+    steps = dict(CONDITIONS).get(condition, [])
+    return len(steps) > 1 or any(step["name"] == "mix" or (step["name"] == "noise" and step["snr_db"] <= 10)
+                                 for step in steps)
 
 
 def compare_runs(path_a: Path, path_b: Path, seed: int = 0, resamples: int = 10_000) -> int:
@@ -190,14 +192,15 @@ def compare_runs(path_a: Path, path_b: Path, seed: int = 0, resamples: int = 10_
         print(f"| {row['condition']} | {row['full_top1']:.2f} | {other['full_top1']:.2f} | {row['mac_top1']:.2f} | "
               f"{other['mac_top1']:.2f} |")
     hard = [row for row in common if is_hard_row(row["condition"])]
-    rng = np.random.default_rng(seed)
     print(f"\nB − A over the {len(hard)} mixing/noise/chain rows, mean top-1 (95 % interval over recordings):")
     for name in ("full", "mac"):
-        diff = np.array([np.subtract(rows_b[row["condition"]][f"{name}_hits"], row[f"{name}_hits"]) for row in hard], float)
-        per_recording = diff.mean(axis=0)
-        boot = per_recording[rng.integers(0, len(per_recording), (resamples, len(per_recording)))].mean(axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5])
-        print(f"  {name}: {per_recording.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+        def per_recording(rows: list[dict]) -> dict[int, float]:
+            hits = np.array([row[f"{name}_hits"] for row in rows], float)
+            return dict(enumerate(hits.mean(axis=0)))
+        paired = paired_difference(per_recording(hard), per_recording([rows_b[row["condition"]] for row in hard]),
+                                   resamples=resamples, seed=seed)
+        low, high = paired["ci95"]
+        print(f"  {name}: {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
     return 0
 
 
