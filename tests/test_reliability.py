@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -332,6 +331,24 @@ def test_remove_query_and_info_never_create_an_index(tmp_path):
         result = run(*command)
         assert result.exit_code == 1 and "no index at" in result.output, (command, result.output)
         assert not typo.exists(), command
+
+
+def test_index_of_a_path_that_is_not_there_is_refused_unless_pruning_it(tmp_path, model_path):
+    typo = run("index", tmp_path / "archiv", "--index", tmp_path / "idx", "--model", model_path)
+    assert typo.exit_code == 1 and "archiv: no such file or directory" in typo.output, typo.output
+    assert not (tmp_path / "idx").exists()
+
+    folder = tmp_path / "archive"
+    write_songs(folder, 2)
+    index_dir = tmp_path / "idx"
+    first = run("index", folder, "--index", index_dir, "--model", model_path, "--workers", 0, "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["added"] == 2, first.output
+    shutil.rmtree(folder)
+    kept = run("index", folder, "--index", index_dir, "--workers", 0)
+    assert kept.exit_code == 1 and "nothing indexed" in kept.output and len(stored_paths(index_dir)) == 2
+    pruned = run("index", folder, "--index", index_dir, "--workers", 0, "--prune", "--json")
+    assert pruned.exit_code == 0 and json.loads(pruned.stdout)["removed"] == 2, pruned.output
+    assert stored_paths(index_dir) == []
 
 
 # --------------------------------------------------------------------------- query span
