@@ -332,6 +332,15 @@ def test_query_min_score_says_no_match_for_an_unrelated_clip(collection, built_i
     assert not found["no_match"]
 
 
+def test_min_score_outside_the_score_range_is_a_usage_error(tmp_path):
+    for command in ("query", "dedup"):
+        for bad in ("72", "-1.5", "nan"):
+            result = run(command, *([tmp_path / "clip.mp3"] if command == "query" else []), "--index",
+                         tmp_path / "idx", "--min-score", bad)
+            assert result.exit_code == 2 and "outside [-1, 1]" in result.output, (command, bad, result.output)
+    assert not (tmp_path / "idx").exists()
+
+
 def test_parse_since():
     now = 1_800_000_000.0
     assert parse_since("12h", now) == now - 12 * 3600 and parse_since("7d", now) == now - 7 * 86400

@@ -70,9 +70,12 @@ class _MinScore(click.ParamType):
         if value is None or value == "default" or isinstance(value, float):
             return value
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             self.fail(f"expected a number or 'default', got {value!r}", param, ctx)
+        if not -1.0 <= score <= 1.0:  # catches 72 meant as 0.72, which would silently match nothing
+            self.fail(f"{value} is outside [-1, 1], where AuSiL scores lie (e.g. 0.72, or 'default')", param, ctx)
+        return score
 
 
 MIN_SCORE = _MinScore()
