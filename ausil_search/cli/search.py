@@ -146,7 +146,7 @@ def _print_index_report(report, info: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query, one per line.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: query, rank, score, path, spans.")
 @click.option("--min-score", "min_score", type=MIN_SCORE, default=None,
-              help="Keep only matches scoring at least this (a number, or 'default' for the calibrated match "
+              help="Keep only matches scoring at least this (a number in [-1, 1], or 'default' for the calibrated match "
                    "threshold); a query with none says 'no match above X'. Default: off, top-k stays top-k.")
 def query(files, index_dir, model_spec, top_k, candidates, nprobe, exhaustive, device, ray_address, as_json, as_csv,
           min_score):
