@@ -337,6 +337,8 @@ def test_index_of_a_path_that_is_not_there_is_refused_unless_pruning_it(tmp_path
     typo = run("index", tmp_path / "archiv", "--index", tmp_path / "idx", "--model", model_path)
     assert typo.exit_code == 1 and "archiv: no such file or directory" in typo.output, typo.output
     assert not (tmp_path / "idx").exists()
+    two = run("index", tmp_path / "a", tmp_path / "b", "--index", tmp_path / "idx", "--model", model_path)
+    assert two.exit_code == 1 and "(and 1 more PATHS)" in two.output and not (tmp_path / "idx").exists()
 
     folder = tmp_path / "archive"
     write_songs(folder, 2)

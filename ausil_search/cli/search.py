@@ -45,8 +45,8 @@ def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_s
     Incremental: unchanged files are skipped, changed ones re-indexed. Safe to interrupt: what was
     committed stays searchable and a rerun picks up where it stopped. Unusable files are reported
     and skipped; a PATH that does not exist stops the run before anything is indexed (with --prune,
-    its entries are removed instead). --rebuild (without PATHS) extracts the files of an index again, e.g. to convert an
-    index of an older format.
+    its entries are removed instead). --rebuild (without PATHS) extracts the files of an index
+    again, e.g. to convert an index of an older format.
     """
     from ..shards import open_index
 
@@ -61,8 +61,9 @@ def index(paths, index_dir, model_spec, prune, rebuild, device, workers, batch_s
         raise click.UsageError("give PATHS to index, or --rebuild to rebuild the index")
     gone = [str(path) for path in paths if not (path.exists() or path.is_symlink())]
     if gone and not prune:  # a typo must not build (or touch) an index; --prune is how a vanished folder is dropped
-        raise AusilError(f"{gone[0]}: no such file or directory; nothing indexed (with --prune, the entries under a "
-                         f"path that is gone are removed)")
+        more = f" (and {len(gone) - 1} more PATHS)" if len(gone) > 1 else ""
+        raise AusilError(f"{gone[0]}: no such file or directory{more}; nothing indexed (with --prune, the entries "
+                         f"under a path that is gone are removed)")
     if ray_address:
         return _index_on_ray(paths, index_dir, model_spec, prune, device, workers, batch_size,
                              precision, commit_every, shards, ray_address, as_json)
