@@ -175,6 +175,12 @@ def is_hard_row(condition: str) -> bool:
                                  for step in steps)
 
 
+def _mean_hits_per_recording(rows: list[dict], name: str) -> dict[int, float]:
+    """Each recording's top-1 rate over `rows` (`name`: full or mac), keyed as `paired_difference` pairs them."""
+    hits = np.array([row[f"{name}_hits"] for row in rows], float)
+    return dict(enumerate(hits.mean(axis=0)))
+
+
 def compare_runs(path_a: Path, path_b: Path, seed: int = 0, resamples: int = 10_000) -> int:
     """Per-row top-1 of two runs and B − A over the hard rows, the interval from resampling recordings
     (a recording's copies under all conditions move together, so recordings are the unit)."""
@@ -194,10 +200,8 @@ def compare_runs(path_a: Path, path_b: Path, seed: int = 0, resamples: int = 10_
     hard = [row for row in common if is_hard_row(row["condition"])]
     print(f"\nB − A over the {len(hard)} mixing/noise/chain rows, mean top-1 (95 % interval over recordings):")
     for name in ("full", "mac"):
-        def per_recording(rows: list[dict]) -> dict[int, float]:
-            hits = np.array([row[f"{name}_hits"] for row in rows], float)
-            return dict(enumerate(hits.mean(axis=0)))
-        paired = paired_difference(per_recording(hard), per_recording([rows_b[row["condition"]] for row in hard]),
+        paired = paired_difference(_mean_hits_per_recording(hard, name),
+                                   _mean_hits_per_recording([rows_b[row["condition"]] for row in hard], name),
                                    resamples=resamples, seed=seed)
         low, high = paired["ci95"]
         print(f"  {name}: {paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")
