@@ -69,6 +69,25 @@ def reachable(scores: np.ndarray, queries: np.ndarray, databases: np.ndarray, tr
     return found
 
 
+def recall_table(bench: Benchmark, bench_dir: Path, source_cache: Path, video_of: dict[int, str],
+                 variants: dict[str, np.ndarray], queries: np.ndarray, databases: np.ndarray) -> dict:
+    """Print, per truth (`groups`, `audio`) and per pair score, the recall reachable at each target
+    precision, pairs | groups; return the points as {"truth: score": reachable(...)}."""
+    truths = {"groups": cal.group_pairs(bench), "audio": cal.cached_audio_pairs(bench, bench_dir, source_cache)}
+    width = max(map(len, variants)) + 2
+    table = {}
+    for truth_name, named in truths.items():
+        truth = cal.indexed_truth(named, video_of)
+        print(f"\ntruth '{truth_name}' ({len(truth)} pairs, {len(queries)} scored): recall at precision "
+              + " / ".join(map(str, TARGETS)) + ", pairs | groups")
+        for label, scores in variants.items():
+            found = table[f"{truth_name}: {label}"] = reachable(scores, queries, databases, truth)
+            cells = [" / ".join(f"{(found[f'{kind}@{t}'] or {'recall': 0.0})['recall']:.3f}" for t in TARGETS)
+                     for kind in ("pairs", "groups")]
+            print(f"  {label:{width}s} {cells[0]}  |  {cells[1]}")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench_dir", type=Path)
@@ -101,17 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 **{f"best {k} rows": np.array([best_window_mean(m, k) for m in maxima]) for k in windows}}
     print(f"{args.bench_dir}: {len(chamfer)} scored pairs, model {model.identity}, maps in "
           f"{time.perf_counter() - started:.1f} s")
-    truths = {"groups": cal.group_pairs(bench),
-              "audio": cal.cached_audio_pairs(bench, args.bench_dir, args.work / "source-cache")}
-    for truth_name, named in truths.items():
-        truth = cal.indexed_truth(named, video_of)
-        print(f"\ntruth '{truth_name}' ({len(truth)} pairs): recall at precision "
-              + " / ".join(map(str, TARGETS)) + ", pairs | groups")
-        for label, scores in variants.items():
-            found = reachable(scores, queries, databases, truth)
-            cells = [" / ".join(f"{(found[f'{kind}@{t}'] or {'recall': 0.0})['recall']:.3f}" for t in TARGETS)
-                     for kind in ("pairs", "groups")]
-            print(f"  {label:22s} {cells[0]}  |  {cells[1]}")
+    recall_table(bench, args.bench_dir, args.work / "source-cache", video_of, variants, queries, databases)
     return 0
 
 

@@ -66,3 +66,15 @@ def test_a_file_without_the_mode_is_a_one_line_error(tmp_path):
     other = run_file(tmp_path / "other.json", {"q": 0.3}, mode="exhaustive")
     with pytest.raises(SystemExit, match="no 'engine' run"):
         compare_runs.main([str(base), str(other)])
+
+
+def test_fusing_two_runs_weights_scores_and_fills_a_missing_candidate_with_the_runs_lowest():
+    import fuse_runs
+
+    a = {"q": {"v1": 0.9, "v2": 0.1}}
+    b = {"q": {"v1": 0.5, "v3": 0.7}}
+    fused = fuse_runs.fuse(a, b, 0.5)["q"]
+    assert fused["v1"] == pytest.approx(0.7)
+    assert fused["v2"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.5)  # b never recalled v2: b's lowest for q
+    assert fused["v3"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.7)
+    assert fuse_runs.fuse(a, b, 0.0)["q"]["v1"] == pytest.approx(0.9)
