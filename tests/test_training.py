@@ -308,3 +308,28 @@ def test_long_examples_put_a_short_query_inside_a_long_window(recordings, pool_s
         (d0, d1), (q0, q1) = example.database_span, example.query_span
         assert 12.5 <= d1 - d0 <= 13.0 and 3.0 <= q1 - q0 <= 4.0 and d0 <= q0 and q1 <= d1
         assert example.mode == "hard"
+
+
+def test_degraded_database_windows_keep_every_span_and_query_and_change_only_the_window(recordings, pool_setup):
+    """degraded_database_fraction=1 degrades each database window (same span, same length, other
+    audio), leaves the augmented queries as they were; 0 is the old draw exactly."""
+    from dataclasses import replace
+
+    model, _, _, cache_path = pool_setup
+    paths = sorted(recordings.glob("*.flac"))[:3]
+    with DescriptorCache(cache_path, backbone_fingerprint(model.backbone, model.frontend)) as cache:
+        source = DescriptorSource(model.backbone, model.frontend, cache)
+        clean = self_supervised_examples(paths, source, SELF_SUPERVISED)
+        degraded = self_supervised_examples(paths, source, replace(SELF_SUPERVISED, degraded_database_fraction=1.0))
+        half = self_supervised_examples(paths, source, replace(SELF_SUPERVISED, degraded_database_fraction=0.5))
+    assert [(e.database_span, e.query_span) for e in degraded] == [(e.database_span, e.query_span) for e in clean]
+    assert len(degraded) == len(clean) == 6
+    changed = []
+    for a, b, h in zip(clean, degraded, half):
+        np.testing.assert_array_equal(a.query, b.query)
+        np.testing.assert_array_equal(a.query, h.query)
+        assert a.database.shape == b.database.shape  # no time change: the window keeps its segments
+        cosine = np.sum(_l2(a.database) * _l2(b.database), axis=1)
+        assert cosine.mean() < 0.999  # really degraded
+        changed.append(not np.array_equal(a.database, h.database))
+    assert 0 < sum(changed) < len(changed)  # a share, not all or none

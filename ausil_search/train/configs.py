@@ -41,10 +41,15 @@ class SelfSupervisedConfig:
     long_fraction: float = 0.0
     long_database_seconds: tuple[float, float] = (60.0, 180.0)
     short_query_seconds: tuple[float, float] = (5.0, 12.0)
+    # A share of examples whose database window is degraded too (a "hard" chain without time
+    # changes): copies where neither side is clean, as when the query itself was re-recorded or
+    # drowned in noise. Drawn after everything else, so 0 leaves every other example unchanged.
+    degraded_database_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.long_fraction <= 1.0:
-            raise ValueError(f"long_fraction must be in [0, 1], got {self.long_fraction}")
+        for name in ("long_fraction", "degraded_database_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     @property
     def shortest_query_s(self) -> float:

@@ -1,7 +1,7 @@
 """Self-supervised head-training examples from unlabelled recordings.
 
-Each example is a clean database window of a recording and an augmented query excerpt cut from
-inside it; everything random is seeded by the recording's content, so reruns hit the cache.
+Each example is a database window of a recording (clean, or in a chosen share degraded as well) and
+an augmented query excerpt cut from inside it; everything random is seeded by the recording's content, so reruns hit the cache.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def self_supervised_examples(
                 q_start = db_start + rng.uniform(0, db_len - q_len)
                 mode = config.modes[number % len(config.modes)]
                 augment_seed = int(rng.integers(2**63))
+                degrade_seed = (int(rng.integers(2**63)) if config.degraded_database_fraction
+                                and rng.random() < config.degraded_database_fraction else None)
                 db_span, q_span = (db_start, db_start + db_len), (q_start, q_start + q_len)
 
                 def cut(span):
@@ -114,9 +116,22 @@ def self_supervised_examples(
                         raise InputError(f"{path}: augmentation gave an unusable signal of shape {signal_.shape}")
                     return signal_, {"path": str(path), "span": q_span, "augment": log}
 
-                database = source.of_signal(
-                    f"window:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}", lambda: (cut(db_span), {"path": str(path), "span": db_span})
-                )
+                def degraded():
+                    degrade_rng = np.random.default_rng(degrade_seed)
+                    others = tuple(excerpt_of(k, p) for k, p in others_spec)
+                    chain = augment_module.draw_chain("hard", degrade_rng, n_others=len(others),
+                                                      duration_s=db_span[1] - db_span[0], time_change=False)
+                    signal_ = augment_module.apply_chain(cut(db_span), rate, chain, degrade_rng, others)
+                    return signal_, {"path": str(path), "span": db_span, "augment": chain}
+
+                if degrade_seed is None:
+                    database = source.of_signal(
+                        f"window:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}", lambda: (cut(db_span), {"path": str(path), "span": db_span})
+                    )
+                else:
+                    database = source.of_signal(
+                        f"degraded:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}:{degrade_seed}:{version}:{others_id}", degraded
+                    )
                 query = source.of_signal(
                     f"augmented:{key}:{q_span[0]:.4f}:{q_span[1]:.4f}:{mode}:{augment_seed}:{version}:{others_id}",
                     augmented,
