@@ -142,7 +142,8 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--degraded-database", "degraded_database", type=click.FloatRange(0, 1),
               default=SelfSupervisedConfig.degraded_database_fraction, show_default=True,
               help="Self-supervised: share of examples whose database window is degraded too (2-3 of codec, "
-                   "noise, babble, mix, telephone band, re-recording; no time change), so neither side is clean.")
+                   "noise, babble, mix, telephone band, re-recording; no time change), so neither side is clean. 0.5 scored lower on dev hard "
+                   "(BENCHMARKS.md).")
 @click.option("--modes", default=",".join(SelfSupervisedConfig.modes), show_default=True, help="Augmentation modes, alternated over examples.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=TrainingJob.val_fraction, show_default=True,
               help="Recordings (or queries) held out to report Chamfer separation before and after.")
