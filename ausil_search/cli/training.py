@@ -142,8 +142,8 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--degraded-database", "degraded_database", type=click.FloatRange(0, 1),
               default=SelfSupervisedConfig.degraded_database_fraction, show_default=True,
               help="Self-supervised: share of examples whose database window is degraded too (2-3 of codec, "
-                   "noise, babble, mix, telephone band, re-recording; no time change), so neither side is clean. 0.5 scored lower on dev hard "
-                   "(BENCHMARKS.md).")
+                   "noise, babble, mix, telephone band, re-recording; no time change), so neither side is "
+                   "clean. 0.5 scored lower on dev hard (BENCHMARKS.md).")
 @click.option("--modes", default=",".join(SelfSupervisedConfig.modes), show_default=True, help="Augmentation modes, alternated over examples.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5), default=TrainingJob.val_fraction, show_default=True,
               help="Recordings (or queries) held out to report Chamfer separation before and after.")
@@ -159,8 +159,8 @@ def fit_whitening(sources, model_spec, output, cache_path, shrinkage, max_second
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train(sources, model_spec, output, annotation, video_list, labels, steps, batch_size, margin, reg_weight, lr,
           hard_margin, max_segments, whitening, shrinkage, width, examples_per_file, database_seconds, query_seconds,
-          max_seconds, long_fraction, long_database_seconds, short_query_seconds, degraded_database, modes, val_fraction, cache_path, checkpoint_dir, checkpoint_every, resume, seed, name,
-          device, float16, as_json):
+          max_seconds, long_fraction, long_database_seconds, short_query_seconds, degraded_database, modes, val_fraction,
+          cache_path, checkpoint_dir, checkpoint_every, resume, seed, name, device, float16, as_json):
     """Train the AuSiL head (attention, comparator; whitening fitted) with the backbone frozen.
 
     \b

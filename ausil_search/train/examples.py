@@ -1,7 +1,8 @@
 """Self-supervised head-training examples from unlabelled recordings.
 
 Each example is a database window of a recording (clean, or in a chosen share degraded as well) and
-an augmented query excerpt cut from inside it; everything random is seeded by the recording's content, so reruns hit the cache.
+an augmented query excerpt cut from inside it; everything random is seeded by the recording's
+content, so reruns hit the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .descriptors import DescriptorCache, DescriptorSource
 
 @dataclass
 class Example:
-    """One self-supervised unit: a clean database window and an augmented query cut from inside it."""
+    """One self-supervised unit: a database window (clean unless degraded on purpose) and an augmented
+    query cut from inside it."""
 
     group: str  # the recording it came from
     database: np.ndarray
@@ -119,9 +121,13 @@ def self_supervised_examples(
                 def degraded():
                     degrade_rng = np.random.default_rng(degrade_seed)
                     others = tuple(excerpt_of(k, p) for k, p in others_spec)
-                    chain = augment_module.draw_chain("hard", degrade_rng, n_others=len(others),
-                                                      duration_s=db_span[1] - db_span[0], time_change=False)
-                    signal_ = augment_module.apply_chain(cut(db_span), rate, chain, degrade_rng, others)
+                    try:
+                        chain = augment_module.draw_chain("hard", degrade_rng, n_others=len(others),
+                                                          duration_s=db_span[1] - db_span[0], time_change=False)
+                        signal_ = augment_module.apply_chain(cut(db_span), rate, chain, degrade_rng, others)
+                    except Exception as exc:  # as for the query: one failure must not end a long run
+                        raise InputError(f"{path}: degrading the database window failed: "
+                                         f"{type(exc).__name__}: {exc}") from None
                     return signal_, {"path": str(path), "span": db_span, "augment": chain}
 
                 if degrade_seed is None:
