@@ -105,42 +105,40 @@ def self_supervised_examples(
                 def cut(span):
                     return audio()[int(span[0] * rate): int(span[1] * rate)]
 
-                def augmented():
-                    others = tuple(excerpt_of(k, p) for k, p in others_spec)
-                    try:
-                        signal_, log = augment_module.random_augment(
-                            cut(q_span), rate, np.random.default_rng(augment_seed), mode=mode, others=others
-                        )
-                    except Exception as exc:  # one failed augmentation must not end a long run
-                        raise InputError(f"{path}: augmentation ({mode}) failed: {type(exc).__name__}: {exc}") from None
-                    signal_ = np.asarray(signal_, np.float32)
-                    if signal_.ndim != 1 or len(signal_) < rate // 2:
-                        raise InputError(f"{path}: augmentation gave an unusable signal of shape {signal_.shape}")
-                    return signal_, {"path": str(path), "span": q_span, "augment": log}
-
-                def degraded():
-                    degrade_rng = np.random.default_rng(degrade_seed)
-                    others = tuple(excerpt_of(k, p) for k, p in others_spec)
-                    try:
-                        chain = augment_module.draw_chain("hard", degrade_rng, n_others=len(others),
-                                                          duration_s=db_span[1] - db_span[0], time_change=False)
-                        signal_ = augment_module.apply_chain(cut(db_span), rate, chain, degrade_rng, others)
-                    except Exception as exc:  # as for the query: one failure must not end a long run
-                        raise InputError(f"{path}: degrading the database window failed: "
-                                         f"{type(exc).__name__}: {exc}") from None
-                    return signal_, {"path": str(path), "span": db_span, "augment": chain}
+                def augmented_copy(span, seed, mode, what, time_change=None):
+                    # time_change goes to draw_chain directly rather than through random_augment: a
+                    # change to augment.py would make every cached augmented copy stale.
+                    def make():
+                        others = tuple(excerpt_of(k, p) for k, p in others_spec)
+                        rng_ = np.random.default_rng(seed)
+                        try:
+                            if time_change is None:
+                                signal_, log = augment_module.random_augment(cut(span), rate, rng_, mode=mode,
+                                                                             others=others)
+                            else:
+                                log = augment_module.draw_chain(mode, rng_, n_others=len(others),
+                                                                duration_s=span[1] - span[0], time_change=time_change)
+                                signal_ = augment_module.apply_chain(cut(span), rate, log, rng_, others)
+                        except Exception as exc:  # one failed augmentation must not end a long run
+                            raise InputError(f"{path}: {what} ({mode}) failed: {type(exc).__name__}: {exc}") from None
+                        signal_ = np.asarray(signal_, np.float32)
+                        if signal_.ndim != 1 or len(signal_) < rate // 2:
+                            raise InputError(f"{path}: {what} gave an unusable signal of shape {signal_.shape}")
+                        return signal_, {"path": str(path), "span": span, "augment": log}
+                    return make
 
                 if degrade_seed is None:
                     database = source.of_signal(
                         f"window:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}", lambda: (cut(db_span), {"path": str(path), "span": db_span})
                     )
-                else:
+                else:  # the hard chain without a time change, so the window keeps its length
                     database = source.of_signal(
-                        f"degraded:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}:{degrade_seed}:{version}:{others_id}", degraded
+                        f"degraded:{key}:{db_span[0]:.4f}:{db_span[1]:.4f}:{degrade_seed}:{version}:{others_id}",
+                        augmented_copy(db_span, degrade_seed, "hard", "degrading the database window", time_change=False),
                     )
                 query = source.of_signal(
                     f"augmented:{key}:{q_span[0]:.4f}:{q_span[1]:.4f}:{mode}:{augment_seed}:{version}:{others_id}",
-                    augmented,
+                    augmented_copy(q_span, augment_seed, mode, "augmentation"),
                 )
                 examples.append(Example(key, database, db_span, query, q_span, mode))
             if samples is not None:
