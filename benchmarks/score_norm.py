@@ -33,37 +33,36 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import calibrate_threshold as cal  # noqa: E402
 from run_dev import Benchmark, load_or_make_model, score_run  # noqa: E402
 
 
-def cohort_windows(engine, sources: list[Path], count: int, seconds: float, seed: int):
+def cohort_windows(engine, sources: list[Path], count: int, seconds: float, seed: int) -> list:
     """`count` embedded windows, one per training recording of at least 2 × `seconds`."""
-    import av
+    from ausil_search.errors import InputError
+    from ausil_search.media.audio import probe
 
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(sources))
-    windows, names = [], []
+    windows = []
     extractor = engine.extractor()
     width = int(round(seconds))  # one segment per second
-    for i in order:
+    for i in rng.permutation(len(sources)):
         path = sources[int(i)]
         try:
-            with av.open(str(path)) as container:
-                duration = (container.duration or 0) / 1e6
-        except Exception:
+            duration = probe(path).duration_s or 0.0
+        except InputError:
             continue
         if duration < 2 * seconds:
             continue
-        video = extractor.descriptors(path, max_seconds=min(duration, 120.0))
+        video = extractor.descriptors(path, max_seconds=120.0)
         if not video.ok or len(video.descriptors) < 2 * width:
             continue
         embedded = engine.embed(video.descriptors)
         start = int(rng.integers(0, len(embedded) - width + 1))
         windows.append(embedded[start:start + width].clone())
-        names.append(f"{path.name}@{start}")
         if len(windows) == count:
             break
-    return windows, names
+    return windows
 
 
 def cohort_stats(scores: np.ndarray, top: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +76,6 @@ def decision_table(args, bench: Benchmark, model, cohort: list) -> dict:
     """Recall reachable at each precision by the raw and the normalised pair scores."""
     import torch
 
-    import calibrate_threshold as cal
     from decision_scores import recall_table
     from ausil_search.dedup import DedupStore
     from ausil_search.engine import SearchEngine
@@ -142,12 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"bench": str(args.bench_dir), "model": model.identity, "cohort": args.cohort,
                  "cohort_seconds": args.cohort_seconds, "seed": args.seed}
     with SearchEngine(args.work / "index", model, workers=0) as engine:
-        cohort, names = cohort_windows(engine, sources, args.cohort, args.cohort_seconds, args.seed)
+        cohort = cohort_windows(engine, sources, args.cohort, args.cohort_seconds, args.seed)
         print(f"cohort: {len(cohort)} windows in {time.perf_counter() - clock:.0f} s", flush=True)
-        id_of_path = {str(Path(e.path).absolute()): e.video_id for e in bench.videos}
-        records = engine.records()
-        ids = [r.id for r in records]
-        name_of = {r.id: id_of_path.get(str(Path(r.path).absolute())) for r in records}
+        name_of = cal.video_names(engine, bench.videos)
+        ids = list(name_of)
         segments = [torch.from_numpy(s) for s in engine.store.segments_many(ids)]
         clock = time.perf_counter()
         head = engine.model.head
