@@ -20,6 +20,7 @@ from ausil_search.train.backbone_trainer import (
     CHECKPOINT_FILE,
     BackboneTrainer,
     BackboneTrainingJob,
+    frozen_anchor,
     nt_xent,
     train_backbone,
 )
@@ -232,6 +233,48 @@ def test_resume_reproduces_an_uninterrupted_run(media_dir, tmp_path):
     a = torch.load(tmp_path / "a" / CHECKPOINT_FILE, weights_only=False)
     b = torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+
+
+def test_anchor_starts_at_zero_and_holds_the_descriptors_near_the_start(media_dir):
+    corpus = AudioCorpus.from_sources([media_dir])
+    views = make_view_batch(corpus, ViewRecipe(excerpt_s=2.6), FRONTEND, seed=0, index=0, batch_size=4)
+    x = torch.from_numpy(views.views).reshape(8, 1, *views.views.shape[2:])
+    start = AuSiLModel.initialise(seed=0).backbone
+    with torch.no_grad():
+        before = frozen_anchor(start)(x)
+
+    def distance_after(weight: float) -> tuple[list, float]:
+        backbone = AuSiLModel.initialise(seed=0).backbone
+        trainer = BackboneTrainer(backbone, None, corpus, small_config(lr=1e-3, anchor_weight=weight), torch.device("cpu"))
+        records = [trainer.train_step(views) for _ in range(5)]
+        with torch.no_grad():
+            after = frozen_anchor(trainer.backbone)(x)
+        return records, float((1 - torch.nn.functional.cosine_similarity(after, before, dim=1)).mean())
+
+    free_records, free = distance_after(0.0)
+    anchored_records, anchored = distance_after(50.0)
+    assert all(r.drift is None for r in free_records)
+    assert anchored_records[0].drift == pytest.approx(0.0, abs=1e-5)  # the same weights and statistics at the start
+    assert anchored_records[-1].drift > 0
+    assert free > 1e-3 and anchored < 0.5 * free, (free, anchored)
+
+
+def test_resumed_anchored_run_keeps_its_own_start(media_dir, tmp_path):
+    config = small_config(anchor_weight=1.0)
+    straight = AuSiLModel.initialise(seed=0).backbone
+    train_backbone(straight, BackboneTrainingJob([media_dir], config, tmp_path / "a", workers=0))
+    first = AuSiLModel.initialise(seed=0).backbone
+    train_backbone(first, BackboneTrainingJob([media_dir], small_config(anchor_weight=1.0, steps=2), tmp_path / "b",
+                                              workers=0))
+    other_start = AuSiLModel.initialise(seed=5).backbone  # handed other weights: the anchor must come from the checkpoint
+    report = train_backbone(other_start, BackboneTrainingJob([media_dir], config, tmp_path / "b", resume=True, workers=0))
+    assert report.resumed_at == 2 and report.loss.last_steps_drift is not None
+    expected, got = _state(straight), _state(other_start)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    with pytest.raises(AusilError, match="other settings"):
+        train_backbone(AuSiLModel.initialise(seed=0).backbone,
+                       BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", resume=True, workers=0))
 
 
 def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_path):

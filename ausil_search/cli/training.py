@@ -252,6 +252,10 @@ def _view_recipe(views: str | None, **options) -> ViewRecipe:
 @click.option("--decay-steps", "decay_steps", type=click.IntRange(min=0), default=BackboneTrainConfig.decay_steps, show_default=True,
               help="Final steps over which the learning rate falls linearly to 0 (may change on --resume).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=BackboneTrainConfig.temperature, show_default=True)
+@click.option("--anchor", "anchor_weight", type=click.FloatRange(min=0), default=BackboneTrainConfig.anchor_weight,
+              show_default=True,
+              help="Weight of each view's cosine distance from the --model backbone's descriptor of it: a continued "
+                   "run keeps what the start learnt (0: off).")
 @click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=ViewRecipe.excerpt_s, show_default=True,
               help="Audio read per item; the centre window (~2 s) of each view is trained on.")
 @click.option("--max-shift", type=click.FloatRange(min=0), default=ViewRecipe.max_shift_s, show_default=True,
@@ -273,7 +277,8 @@ def _view_recipe(views: str | None, **options) -> ViewRecipe:
 @click.option("--device", default=None, help=DEVICE_HELP)
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
-def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, excerpt_seconds,
+def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, anchor_weight,
+                   excerpt_seconds,
                    max_shift, excerpts_per_recording, views, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed,
                    name, device, float16, as_json):
     """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
@@ -292,7 +297,8 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     from ..train.backbone_trainer import train_backbone_model
 
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                                 decay_steps=decay_steps, temperature=temperature, seed=seed, checkpoint_every=checkpoint_every,
+                                 decay_steps=decay_steps, temperature=temperature, anchor_weight=anchor_weight, seed=seed,
+                                 checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
                                  recipe=_view_recipe(views, excerpt_s=excerpt_seconds, max_shift_s=max_shift,
                                                      excerpts_per_recording=excerpts_per_recording))

@@ -8,6 +8,8 @@ unchanged, so the result is an ordinary model file and the official weights stil
 - Batches of two views per excerpt come from :mod:`.backbone_views`.
 - NT-Xent / InfoNCE over the L2-normalised 2528-d MAC descriptors of both views, in-batch negatives
   (repeats inside one recording taken out).
+- Optionally an anchor: the cosine distance of each view's descriptor from the starting backbone's
+  descriptor of the same view, so that a continued run learns new views without giving up old ones.
 - Adam with a short linear warm-up, BatchNorm in train mode (batch statistics); at the end the
   running statistics are recomputed as a plain average over a few fresh batches, the statistics
   inference uses.
@@ -15,6 +17,7 @@ unchanged, so the result is an ordinary model file and the official weights stil
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,6 +72,19 @@ class BackboneStep(StepRecord):
     accuracy: float
     lr: float
     seconds: float  # wall time of the step, waiting for its batch included
+    drift: float | None = None  # mean cosine distance from the anchor's descriptors (anchored runs)
+
+
+def frozen_anchor(backbone: WeakMxH64) -> WeakMxH64:
+    """A fixed copy of ``backbone`` that normalises with batch statistics, as the trained one does in
+    training, so both give the same descriptors at the start; it never updates running statistics."""
+    anchor = copy.deepcopy(backbone)
+    for parameter in anchor.parameters():
+        parameter.requires_grad_(False)
+    for module in anchor.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.track_running_stats = False
+    return anchor.train()
 
 
 class BackboneTrainer:
@@ -87,6 +103,7 @@ class BackboneTrainer:
         self.config = config
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.anchor = frozen_anchor(self.backbone) if config.anchor_weight > 0 else None
         trainable = [p for name, p in backbone.named_parameters() if not name.startswith("layer19.")]
         for parameter in backbone.layer19.parameters():
             parameter.requires_grad_(False)  # the classifier plays no part in the descriptor
@@ -106,11 +123,19 @@ class BackboneTrainer:
         descriptors = self.backbone(x)
         loss, accuracy = nt_xent(descriptors[:size], descriptors[size:], self.config.temperature,
                                  torch.from_numpy(batch.not_negative))
+        objective, drift = loss, None
+        if self.anchor is not None:
+            with torch.no_grad():
+                anchored = self.anchor(x)
+            distance = (1 - F.cosine_similarity(descriptors, anchored, dim=1)).mean()
+            objective = loss + self.config.anchor_weight * distance
+            drift = float(distance.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         self.optimizer.step()
         self.step += 1
-        record = BackboneStep(self.step, float(loss.detach()), float(accuracy), lr, time.perf_counter() - started)
+        record = BackboneStep(self.step, float(loss.detach()), float(accuracy), lr, time.perf_counter() - started,
+                              drift)
         self.history.append(record)
         return record
 
@@ -160,6 +185,8 @@ class BackboneTrainer:
             "step": self.step,
             "backbone": {k: v.detach().cpu().contiguous().clone() for k, v in self.backbone.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
+            "anchor": (None if self.anchor is None else
+                       {k: v.detach().cpu().contiguous().clone() for k, v in self.anchor.state_dict().items()}),
             "torch_rng": torch.get_rng_state(),
             "config": self.config.to_dict(),
             "corpus": self.corpus.fingerprint(),
@@ -173,6 +200,8 @@ class BackboneTrainer:
                                 "corpus", self.corpus.fingerprint())
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.anchor is not None:  # the run's own start, whatever weights the resumed run was handed
+            self.anchor.load_state_dict(state["anchor"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = [BackboneStep(**r) for r in state["history"]]

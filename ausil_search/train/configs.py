@@ -216,6 +216,9 @@ class BackboneTrainConfig:
     decay_steps: int = 0  # the last decay_steps of `steps` lower the rate linearly towards 0
     weight_decay: float = 0.0
     temperature: float = 0.1
+    # Weight of the cosine distance between each view's descriptor and the starting backbone's: keeps a
+    # continued run from trading what the start had learnt for the new views (0: no anchor).
+    anchor_weight: float = 0.0
     seed: int = 0
     checkpoint_every: int = 25
     calibration_batches: int = 8
@@ -230,6 +233,7 @@ class BackboneTrainConfig:
         return data
 
     def incompatible(self, saved: dict) -> list[str]:
+        saved = {"anchor_weight": 0.0, **saved}  # checkpoints from before the anchor ran without one
         return changed_settings(self.to_dict(), saved, self._RESUMABLE_CHANGES)
 
     def learning_rate(self, step: int) -> float:

@@ -9,7 +9,7 @@ files have always had, which differs between the reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -148,6 +148,7 @@ class BackboneLossSummary:
     last_steps_accuracy: float
     steps_averaged: int
     curve: list[float]  # mean loss per `steps_averaged` steps
+    last_steps_drift: float | None = None  # distance from the anchor's descriptors (anchored runs)
 
     @classmethod
     def of(cls, history: Sequence) -> BackboneLossSummary | None:
@@ -164,6 +165,7 @@ class BackboneLossSummary:
             first_steps_accuracy=mean(history[:span], "accuracy"), last_steps_accuracy=mean(history[-span:], "accuracy"),
             steps_averaged=span,
             curve=[round(float(np.mean([r.loss for r in history[i : i + span]])), 4) for i in range(0, len(history), span)],
+            last_steps_drift=mean(history[-span:], "drift") if getattr(history[-1], "drift", None) is not None else None,
         )
 
     def to_dict(self) -> dict:
