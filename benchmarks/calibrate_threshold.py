@@ -18,9 +18,12 @@ over the threshold t:
 - pairs: precision and recall of "score >= t" over all pairs (unscored pairs count as misses);
 - groups: pairwise precision and recall of the groups `dedup` forms at t (connected components,
   so a chain of matches also joins pairs that were never scored) — what the issue's target is on.
+- average: pairwise precision and recall of the groups `dedup`'s default average linkage forms at
+  level t (the mean score over all pairs between two groups, unscored pairs counting 0).
 The calibrated threshold is the lowest t whose group precision is >= the target (the most recall
-at that precision). Put it into ausil_search/decision.py (DEFAULT_MATCH_THRESHOLD) or a model's
-metadata (`match_threshold`) and record the recall in BENCHMARKS.md.
+at that precision), for each linkage. Put them into ausil_search/search/decision.py
+(DEFAULT_MATCH_THRESHOLD, DEFAULT_GROUP_THRESHOLD) or a model's metadata (`match_threshold`,
+`group_threshold`) and record the recall in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -162,10 +165,16 @@ def indexed_truth(named_pairs: set[tuple[str, str]], video_of: dict[int, str]) -
 
 
 def curves_for(edges: list[tuple[float, int, int]], truth: set[tuple[int, int]]) -> tuple[dict, np.ndarray]:
-    """Both curves of scored `edges` (strongest first) against `truth`, and which edges are true."""
+    """The curves of scored `edges` (strongest first) against `truth`, and which edges are true:
+    `groups` (connected components: `dedup --linkage single`), `pairs`, and `average` (the groups of
+    `dedup`'s default average linkage over the level at which they join)."""
+    from ausil_search.search.dedup import average_linkage
+
     positive = np.array([(min(q, d), max(q, d)) in truth for _, q, d in edges], bool)
+    merges, _ = average_linkage(((q, d, score) for score, q, d in edges), floor=-np.inf)
     return {"groups": group_curve(edges, truth),
-            "pairs": pair_curve(np.array([e[0] for e in edges]), positive, len(truth))}, positive
+            "pairs": pair_curve(np.array([e[0] for e in edges]), positive, len(truth)),
+            "average": group_curve([(m.level, m.a, m.b) for m in merges], truth)}, positive
 
 
 def pair_curve(scores: np.ndarray, positive: np.ndarray, total_positive: int) -> list[dict]:
@@ -257,9 +266,12 @@ def calibrate(bench_dir: Path, model_spec: str | None, work: Path, candidates: i
         report["by_truth"][name] = {"true_pairs": len(pairs), "scored_true_pairs": int(positive.sum()), "curve": curves}
     chosen = lowest_reaching(report["by_truth"][truth]["curve"]["groups"], target)
     report["threshold"] = chosen["threshold"] if chosen else None
+    chosen_level = lowest_reaching(report["by_truth"][truth]["curve"]["average"], target)
+    report["group_threshold"] = chosen_level["threshold"] if chosen_level else None
     for entry in report["by_truth"].values():
         entry["at_threshold"] = {kind: at(curve, report["threshold"]) if chosen else None
-                                 for kind, curve in entry["curve"].items()}
+                                 for kind, curve in entry["curve"].items() if kind != "average"}
+        entry["at_threshold"]["average"] = at(entry["curve"]["average"], report["group_threshold"]) if chosen_level else None
     score_of = {(min(video_of[q], video_of[d]), max(video_of[q], video_of[d])): score for score, q, d in edges}
     report["recall_by_overlap"] = recall_by_overlap(bench, truth_by_name, score_of)
     return report
@@ -322,13 +334,23 @@ def print_report(report: dict, rows: int = 12) -> None:
             share = f">= {low:.0%}" if high is None else f"{low:.0%}-{high:.0%}"
             print(f"  {share:>8} {'labelled' if row['labelled'] else 'unlabelled':>10}: {row['pairs']:4d} pairs, "
                   + " / ".join(f"{v:.2f}" for v in row["at_least"].values()))
-    if threshold is None:
-        print(f"\nno threshold reaches group precision {report['target_precision']} (truth '{report['truth']}')")
-        return
-    print(f"\ncalibrated threshold {threshold:.4f} (group precision >= {report['target_precision']}, truth '{report['truth']}'):")
-    for name, entry in report["by_truth"].items():
-        g = entry["at_threshold"]["groups"]
-        print(f"  truth '{name}': group precision {g['precision']:.3f}, recall {g['recall']:.3f}")
+    level = report.get("group_threshold")
+    print(f"\naverage linkage (dedup's default), truth '{report['truth']}': level  group precision  group recall")
+    curve = report["by_truth"][report["truth"]]["curve"]["average"]
+    for mark in sorted({round(x, 2) for x in np.linspace(0.05, 1.0, rows)} | ({level} if level is not None else set()),
+                       reverse=True):
+        g = at(curve, mark)
+        if g:
+            print(f"{mark:9.4f}  {g['precision']:15.3f}  {g['recall']:12.3f}" + ("   <- calibrated" if mark == level else ""))
+    for kind, value, name in (("groups", threshold, "match threshold (single linkage)"),
+                              ("average", level, "group threshold (average linkage)")):
+        if value is None:
+            print(f"\nno {name} reaches group precision {report['target_precision']} (truth '{report['truth']}')")
+            continue
+        print(f"\ncalibrated {name} {value:.4f} (group precision >= {report['target_precision']}, truth '{report['truth']}'):")
+        for truth_name, entry in report["by_truth"].items():
+            g = entry["at_threshold"][kind]
+            print(f"  truth '{truth_name}': group precision {g['precision']:.3f}, recall {g['recall']:.3f}")
 
 
 def _default_source_cache(bench_dir: Path) -> Path | None:

@@ -1,7 +1,8 @@
 """How long `dedup` takes over N indexed videos, and how much memory: the issue's target is 10,000
 videos in <= 15 minutes on 2 cores, memory bounded.
 
-    python benchmarks/dedup_speed.py [--videos 10000] [--candidates 20] [--all-pairs] [--threads N]
+    python benchmarks/dedup_speed.py [--videos 10000] [--candidates 20] [--linkage average|single] [--all-pairs]
+                                     [--threads N]
                                      [--source-index DIR | --source DIR [--model PATH]]
                                      [--work DIR] [--reuse] [--json]
 
@@ -37,7 +38,8 @@ from pathlib import Path
 import torch
 from ausil_search.search.dedup import find_duplicate_groups
 from ausil_search.search.engine import SearchEngine
-index_dir, candidates, all_pairs, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "all", int(sys.argv[4])
+index_dir, candidates, all_pairs, threads, linkage = (sys.argv[1], int(sys.argv[2]), sys.argv[3] == "all", int(sys.argv[4]),
+                                                      sys.argv[5])
 if threads:
     torch.set_num_threads(threads)
 def anon_mib():
@@ -49,8 +51,8 @@ def progress(stage, completed, total=None, **_):  # anonymous memory at every te
         samples.append([completed, round(anon_mib())])
 started, cpu_started = time.perf_counter(), time.process_time()
 with SearchEngine(Path(index_dir), workers=0) as engine:
-    result = find_duplicate_groups(engine, candidates=candidates, progress=progress, all_pairs=all_pairs)
-print(json.dumps({'seconds': time.perf_counter() - started, 'cpu_seconds': time.process_time() - cpu_started,
+    result = find_duplicate_groups(engine, candidates=candidates, progress=progress, all_pairs=all_pairs, linkage=linkage)
+print(json.dumps({'seconds': time.perf_counter() - started, 'linkage': result.linkage, 'cpu_seconds': time.process_time() - cpu_started,
     'groups': len(result.groups), 'grouped_videos': sum(len(g.members) for g in result.groups),
     'threshold': result.threshold, 'stats': result.stats.__dict__, 'torch_threads': torch.get_num_threads(),
     'rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'anon_peak_mib': peak[0] / 1024,
@@ -58,8 +60,9 @@ print(json.dumps({'seconds': time.perf_counter() - started, 'cpu_seconds': time.
 """
 
 
-def run_dedup_process(index_dir: Path, candidates: int, all_pairs: bool, threads: int) -> dict:
-    command = [sys.executable, "-c", DEDUP_CODE, str(index_dir), str(candidates), "all" if all_pairs else "skip", str(threads)]
+def run_dedup_process(index_dir: Path, candidates: int, all_pairs: bool, threads: int, linkage: str = "average") -> dict:
+    command = [sys.executable, "-c", DEDUP_CODE, str(index_dir), str(candidates), "all" if all_pairs else "skip", str(threads),
+               linkage]
     out = subprocess.run(command,
                          check=True, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,7 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--candidates", type=int, default=20, help="Recall depth per video (dedup --candidates).")
-    parser.add_argument("--all-pairs", action="store_true", help="Score every pair (dedup --all-pairs).")
+    parser.add_argument("--all-pairs", action="store_true", help="Score every pair (dedup --all-pairs; single linkage).")
+    parser.add_argument("--linkage", choices=("average", "single"), default="average", help="dedup --linkage.")
     parser.add_argument("--threads", type=int, default=0,
                         help="Torch threads of the dedup process (default: torch's own choice, one per core).")
     parser.add_argument("--source-index", type=Path, default=None,
@@ -127,10 +131,11 @@ def main() -> None:
     large, build_s = collection(args, work, source)
     built = "reused" if build_s is None else f"built in {build_s:.0f} s"
     print(f"collection: {args.videos} videos from the stored segments of {source} ({built})", flush=True)
-    report = {"videos": args.videos, "candidates": args.candidates, "all_pairs": args.all_pairs, "source_index": str(source),
+    report = {"videos": args.videos, "candidates": args.candidates, "all_pairs": args.all_pairs, "linkage": args.linkage,
+              "source_index": str(source),
               "build_s": build_s, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     for name in ("first run", "rerun"):
-        r = report[name] = run_dedup_process(large, args.candidates, args.all_pairs, args.threads)
+        r = report[name] = run_dedup_process(large, args.candidates, args.all_pairs, args.threads, args.linkage)
         s = r["stats"]
         print(f"{name}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s of CPU, {r['torch_threads']} torch threads); {s['candidate_pairs']} pairs: "
               f"{s['pairs_scored']} scored ({s['pairs_scored'] / max(r['seconds'], 1e-9):.1f}/s), {s['pairs_skipped']} "

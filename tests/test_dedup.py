@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from ausil_search.cli import cli
-from ausil_search.dedup import ConstrainedUnion, DedupStore, find_duplicate_groups, parse_since
+from ausil_search.dedup import ConstrainedUnion, DedupStore, average_linkage, find_duplicate_groups, parse_since
 from ausil_search.engine import SearchEngine
 from ausil_search.errors import InputError
 from media import synth_music, write_audio_file, write_video_file
@@ -232,15 +232,15 @@ def test_skipping_joined_pairs_gives_the_groups_of_scoring_every_pair_at_any_thr
     skipping, every = tmp_path / "skipping", tmp_path / "every"
     shutil.copytree(built_index, skipping)
     shutil.copytree(built_index, every)
-    # at -1 every scored pair joins: a spanning tree of the 11 videos is scored, the other 45 pairs skipped
-    first = dedup_json(skipping, "--min-score", -1)
+    # single linkage at -1: every scored pair joins: a spanning tree of the 11 videos is scored, the other 45 skipped
+    first = dedup_json(skipping, "--min-score", -1, "--linkage", "single")
     assert (first["stats"]["pairs_scored"], first["stats"]["pairs_skipped"]) == (10, 45)
     assert name_groups(first) == [frozenset(p.name for p in collection[0].iterdir())]
     seen = []
     for threshold in (-1, THRESHOLD, 0.2, THRESHOLD, 0.05):
         # another threshold looks at the skipped pairs again: scores those whose videos are no longer joined
-        fast = run("dedup", "--index", skipping, "--min-score", threshold, "--json")
-        full = run("dedup", "--index", every, "--min-score", threshold, "--json", "--all-pairs")
+        fast = run("dedup", "--index", skipping, "--min-score", threshold, "--json", "--linkage", "single")
+        full = run("dedup", "--index", every, "--min-score", threshold, "--json", "--all-pairs", "--linkage", "single")
         assert fast.exit_code == 0 and full.exit_code == 0, fast.output + full.output
         fast, full = json.loads(fast.stdout), json.loads(full.stdout)
         assert set(name_groups(fast)) == set(name_groups(full)) and full["stats"]["pairs_skipped"] == 0
@@ -251,7 +251,7 @@ def test_skipping_joined_pairs_gives_the_groups_of_scoring_every_pair_at_any_thr
 
 
 def test_a_skipped_pair_is_scored_once_the_video_that_joined_it_is_removed(collection, index_copy):
-    first = dedup_json(index_copy)
+    first = dedup_json(index_copy, "--linkage", "single")
     assert first["stats"]["pairs_skipped"] == 1  # the three-file group is joined by two of its three pairs
     assert set(name_groups(first)) == collection[2]
     with SearchEngine(index_copy, workers=0) as engine, DedupStore(index_copy, engine.model.sha256) as store:
@@ -261,7 +261,7 @@ def test_a_skipped_pair_is_scored_once_the_video_that_joined_it_is_removed(colle
     (g0,) = [g for g in first["groups"] if len(g["members"]) == 3]
     (third,) = {m["path"] for m in g0["members"]} - pair
     assert run("remove", third, "--index", index_copy).exit_code == 0
-    after = dedup_json(index_copy)
+    after = dedup_json(index_copy, "--linkage", "single")
     assert (after["stats"]["pairs_scored"], after["stats"]["pairs_skipped"]) == (1, 0)
     pair_names = frozenset(Path(p).name for p in pair)
     assert set(name_groups(after)) == {g for g in collection[2] if len(g) == 2} | {pair_names}
@@ -355,6 +355,81 @@ def test_constrained_union_keeps_decided_pairs_apart():
     assert sorted(sorted(g) for g in union.groups()) == [[1, 2], [3, 4]]
 
 
+def _upgma_by_definition(scores: dict[tuple[int, int], float], videos: int, floor: float) -> set[frozenset]:
+    """Average linkage straight from its definition: repeatedly join the two groups with the highest mean
+    score over all their pairs (an unscored pair counting 0) while that mean is >= floor and > 0."""
+    groups = [frozenset({v}) for v in range(videos)]
+
+    def mean(x, y):
+        return sum(scores.get((min(a, b), max(a, b)), 0.0) for a in x for b in y) / (len(x) * len(y))
+
+    while len(groups) > 1:
+        best, x, y = max((mean(x, y), x, y) for i, x in enumerate(groups) for y in groups[i + 1:])
+        if best < floor or best <= 0:
+            break
+        groups = [g for g in groups if g not in (x, y)] + [x | y]
+    return {g for g in groups if len(g) > 1}
+
+
+def test_average_linkage_gives_the_groups_of_its_definition_at_every_level():
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        videos = 24
+        truth = rng.integers(0, 7, videos)  # seven hidden groups; a sparse set of noisy scores
+        scores = {}
+        for a in range(videos):
+            for b in range(a + 1, videos):
+                if rng.random() < 0.45:
+                    scores[a, b] = float(np.clip((0.7 if truth[a] == truth[b] else 0.05) + rng.normal(0, 0.25), -1, 1))
+        merges, refused = average_linkage([(a, b, s) for (a, b), s in scores.items()], 0.05)
+        assert refused == 0 and [m.level for m in merges] == sorted((m.level for m in merges), reverse=True)
+        for merge in merges:  # each join goes through a real pair between the two groups, its strongest
+            assert scores[min(merge.a, merge.b), max(merge.a, merge.b)] == merge.score >= merge.level
+        for floor in (0.6, 0.4, 0.25, 0.1):
+            union = ConstrainedUnion({})
+            for merge in merges:
+                if merge.level >= floor:
+                    union.union(merge.a, merge.b)
+            assert {frozenset(g) for g in union.groups()} == _upgma_by_definition(scores, videos, floor), (trial, floor)
+
+
+def test_one_strong_pair_does_not_merge_two_groups_under_average_linkage():
+    inside = [(a, b, 0.9) for group in ((1, 2, 3), (4, 5, 6)) for i, a in enumerate(group) for b in group[i + 1:]]
+    bridge = [(3, 4, 0.8)]
+    merges, _ = average_linkage(inside + bridge, 0.5)
+    union = ConstrainedUnion({})
+    for merge in merges:
+        union.union(merge.a, merge.b)
+    assert sorted(sorted(g) for g in union.groups()) == [[1, 2, 3], [4, 5, 6]]
+    # a decision keeps 1 and 2 apart: each join that would put them together is refused
+    merges, refused = average_linkage(inside + bridge, 0.5, apart={1: {2}, 2: {1}})
+    union = ConstrainedUnion({})
+    for merge in merges:
+        union.union(merge.a, merge.b)
+    assert refused >= 1 and not any({1, 2} <= g for g in union.groups()) and {4, 5, 6} in union.groups()
+
+
+def test_a_medley_joins_two_recordings_only_under_single_linkage(collection, index_copy, tmp_path):
+    """A file holding one recording and then another shares audio with both groups: single linkage
+    chains the two groups through it, average linkage keeps them apart (the medley joins one)."""
+    db, music, groups = collection
+    extra = tmp_path / "medley"
+    extra.mkdir()
+    step = round(step_seconds() * SR)  # the second recording starts on the segment grid, as the first does
+    first = np.pad(music[0], ((0, 0), (0, -music[0].shape[1] % step)))
+    write_audio_file(extra / "medley.ogg", np.concatenate([first, music[1]], axis=1), SR)
+    assert run("index", extra, "--index", index_copy, "--workers", "0").exit_code == 0
+    g0, g1 = (next(g for g in groups if f"g{k}-orig" in " ".join(g)) for k in (0, 1))
+    single = name_groups(dedup_json(index_copy, "--linkage", "single"))
+    assert g0 | g1 | {"medley.ogg"} in single
+    average = dedup_json(index_copy)
+    assert average["linkage"] == "average"
+    found = name_groups(average)
+    assert not any(g0 & g and g1 & g for g in found)
+    assert any("medley.ogg" in g and (g0 <= g or g1 <= g) for g in found)
+    assert frozenset({"g2-long.flac", "g2-excerpt.m4a"}) in found
+
+
 def test_a_deeper_recall_scores_the_pairs_a_shallow_run_did_not_reach(index_copy):
     with SearchEngine(index_copy, workers=0) as engine:
         shallow = find_duplicate_groups(engine, THRESHOLD, candidates=2).stats
@@ -365,23 +440,27 @@ def test_a_deeper_recall_scores_the_pairs_a_shallow_run_did_not_reach(index_copy
 
 
 def test_threshold_comes_from_the_option_then_the_model_then_the_default(model_path):
-    from ausil_search.decision import DEFAULT_MATCH_THRESHOLD, threshold_for
+    from ausil_search.decision import DEFAULT_GROUP_THRESHOLD, DEFAULT_MATCH_THRESHOLD, group_threshold_for, threshold_for
     from ausil_search.model import AuSiLModel
 
     model = AuSiLModel.load(model_path)
-    assert threshold_for(model) == DEFAULT_MATCH_THRESHOLD
+    assert threshold_for(model) == DEFAULT_MATCH_THRESHOLD and group_threshold_for(model) == DEFAULT_GROUP_THRESHOLD
     model.metadata["match_threshold"] = 0.71
+    model.metadata["group_threshold"] = 0.33
     assert threshold_for(model) == 0.71 and threshold_for(model, 0.3) == 0.3
+    assert group_threshold_for(model) == 0.33 and group_threshold_for(model, 0.2) == 0.2
 
 
 def test_the_default_threshold_was_calibrated_with_the_bundled_model():
     """Swapping the bundled model without recalibrating DEFAULT_MATCH_THRESHOLD (decision.py says how) fails here."""
-    from ausil_search.decision import CALIBRATED_FOR, DEFAULT_MATCH_THRESHOLD, threshold_for
+    from ausil_search.decision import (CALIBRATED_FOR, DEFAULT_GROUP_THRESHOLD, DEFAULT_MATCH_THRESHOLD,
+                                       group_threshold_for, threshold_for)
     from ausil_search.model import BUNDLED_MODEL, AuSiLModel
 
     bundled = AuSiLModel.load(BUNDLED_MODEL)
-    assert bundled.sha256.startswith(CALIBRATED_FOR), "recalibrate DEFAULT_MATCH_THRESHOLD for the new bundled model"
+    assert bundled.sha256.startswith(CALIBRATED_FOR), "recalibrate both thresholds for the new bundled model"
     assert threshold_for(bundled) == DEFAULT_MATCH_THRESHOLD  # no value of its own in the file
+    assert group_threshold_for(bundled) == DEFAULT_GROUP_THRESHOLD
 
 
 def test_a_sharded_index_gives_the_groups_of_one_index(collection, index_copy, tmp_path):

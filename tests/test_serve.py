@@ -481,12 +481,13 @@ def test_dedup_in_the_background_matches_the_cli(service, client, tree):
     assert cli_run.returncode == 0, cli_run.stderr
     expected = json.loads(cli_run.stdout)
     assert expected["stats"]["pairs_scored"] == 0
-    assert answer["groups"] == expected["groups"]
+    assert answer["groups"] == expected["groups"] and answer["linkage"] == expected["linkage"] == "average"
     # paging, and a finished result is served again without a new run
     page = client.get("/dedup", params={"min_score": threshold, "offset": 1, "limit": 1}).json()
     assert page["groups"] == expected["groups"][1:2] and page["total_groups"] == len(groups)
     assert client.get("/dedup", params={"since": "yesterday"}).status_code == 400
     assert client.get("/dedup", params={"limit": 0}).status_code == 422
+    assert client.get("/dedup", params={"linkage": "complete"}).status_code == 422
     alive(client)
 
 

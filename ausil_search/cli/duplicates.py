@@ -14,7 +14,11 @@ from .progress import ProgressDisplay
 @cli.command()
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None, help=INDEX_HELP + "  [default: indexes/default]")
 @click.option("--min-score", "min_score", type=MIN_SCORE, default="default", show_default=True,
-              help="Pairs scoring at least this are duplicates; 'default' is the calibrated match threshold.")
+              help="With average linkage, groups join when their pairs score at least this on average; with single "
+                   "linkage, one pair scoring at least this joins them. 'default': the value calibrated for the linkage.")
+@click.option("--linkage", type=click.Choice(["average", "single"]), default="average", show_default=True,
+              help="average: one wrong pair cannot merge two groups (every recalled pair is scored); single: "
+                   "connected components, faster on big groups, less precise.")
 @click.option("--candidates", type=click.IntRange(min=1), default=20, show_default=True,
               help="Videos recalled (FAISS) and reranked (AuSiL) per video.")
 @click.option("--since", default=None, metavar="WHEN",
@@ -28,16 +32,19 @@ from .progress import ProgressDisplay
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows: one per group member.")
 @click.option("--all-pairs", is_flag=True,
-              help="Also score pairs whose videos are already joined through others (same groups; every link's "
-                   "own score and spans; slower).")
+              help="Single linkage: also score pairs whose videos are already joined through others (same groups; "
+                   "every link's own score and spans; slower). Average linkage always scores every pair.")
 def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file, html_path, device, as_json, as_csv,
-          all_pairs):
+          all_pairs, linkage):
     """Find every group of indexed videos that share audio, biggest and most confident first.
 
-    Each video is matched against the rest (FAISS recall, AuSiL rerank); pairs scoring at least
-    --min-score are joined into groups; a pair whose videos are already joined through others is
-    skipped (--all-pairs scores it too). Scores are kept in the index: a rerun scores only pairs
-    with newly indexed videos. Pairs recorded with --not-duplicate stay in separate groups.
+    Each video is matched against the rest (FAISS recall, AuSiL rerank). With --linkage average (the
+    default) two groups join when the mean score over all pairs between them reaches --min-score (an
+    unrecalled pair counts 0), so a single wrong pair cannot merge two groups. With --linkage single,
+    pairs scoring at least --min-score join their videos, and a pair whose videos are already joined
+    through others is skipped (--all-pairs scores it too). Scores are kept in the index: a rerun
+    scores only pairs with newly indexed videos. Pairs recorded with --not-duplicate stay in separate
+    groups.
     """
     import csv
 
@@ -54,7 +61,7 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
         engine = ShardUnion(index) if isinstance(index, ShardedIndex) else index
         result = find_duplicate_groups(engine, None if min_score == "default" else min_score, candidates=candidates,
                                        since=parse_since(since) if since else None, not_duplicates=pairs,
-                                       progress=progress, all_pairs=all_pairs)
+                                       progress=progress, all_pairs=all_pairs, linkage=linkage)
     if html_path:
         from ..search.report_html import write_report
 
@@ -71,10 +78,12 @@ def dedup(index_dir, min_score, candidates, since, not_duplicate, decisions_file
 
 def _print_groups(result) -> None:
     s = result.stats
-    click.echo(f"{len(result.groups)} groups among {s.videos} videos (pairs scoring ≥ {result.threshold:.2f}); "
+    rule = (f"average linkage, mean pair score ≥ {result.threshold:.2f}" if result.linkage == "average"
+            else f"pairs scoring ≥ {result.threshold:.2f}")
+    click.echo(f"{len(result.groups)} groups among {s.videos} videos ({rule}); "
                f"{s.pairs_scored} pairs scored now ({s.pairs_skipped} skipped: already joined), {s.pairs_stored} stored, "
                f"in {s.seconds:.1f} s"
-               + (f"; {s.kept_apart} pairs kept apart by decisions" if s.kept_apart else ""))
+               + (f"; {s.kept_apart} joins refused by decisions" if s.kept_apart else ""))
     for group in result.groups:
         click.echo(f"\ngroup {group.number}: {len(group.members)} files, best pair {group.score:.3f}, mean {group.mean_score:.3f}")
         for m in group.members:

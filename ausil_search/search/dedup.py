@@ -1,11 +1,17 @@
 """Every group of indexed videos that share audio (`ausil-search dedup`).
 
 Each video is matched against the rest like a query (FAISS recall of its global descriptor, then the
-AuSiL rerank of the candidates from their stored segments); pairs scoring at least the match
-threshold (`decision.py`) are joined into groups, strongest pairs first. Pairs are scored one at a
-time, the most similar global descriptors first, and a pair whose two videos are already joined
-through pairs above the threshold is skipped: its score could not change who is in a group (with
-"not duplicates" decisions it could, and every pair is scored).
+AuSiL rerank of the candidates from their stored segments). Groups are formed from the scores in one
+of two ways (`decision.py` holds both calibrated thresholds):
+- average linkage (the default): two groups join when the mean score over all pairs between them
+  reaches the group threshold, an unscored pair counting 0 (`average_linkage`); every recalled pair
+  is scored. One wrong pair cannot merge two groups, which at the same precision on the dev benchmark
+  about doubles the pairs found (BENCHMARKS.md, "Duplicate groups and the match threshold");
+- single linkage: pairs scoring at least the match threshold join their videos, strongest first
+  (connected components). Pairs are scored one at a time, the most similar global descriptors first,
+  and a pair whose two videos are already joined through pairs above the threshold is skipped: its
+  score could not change who is in a group (with "not duplicates" decisions it could, and every pair
+  is scored).
 
 What is kept in the index, in its own LMDB environment `INDEX/dedup/` (the segment store stays
 untouched, and an index can be searched and extended while a dedup runs):
@@ -26,6 +32,8 @@ Every write is one LMDB transaction: a crash keeps what committed and loses noth
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
+import math
 import json
 import re
 import time
@@ -38,7 +46,7 @@ import lmdb
 import numpy as np
 import torch
 
-from .decision import shared_spans, threshold_for
+from .decision import group_threshold_for, shared_spans, threshold_for
 from ..errors import IndexStoreError, InputError
 from ..media.scan import fingerprint
 from ..progress import Progress, Stage, silent
@@ -46,6 +54,7 @@ from .stores import VideoRecord, WriterLock
 
 DEDUP_DIR = "dedup"
 FORMAT_VERSION = 1
+LINKAGES = ("average", "single")
 DEFAULT_CANDIDATES = 20  # recall per video; groups need only a chain of strong pairs, not every pair
 RECALL_CHUNK = 128  # videos whose recall windows are searched at a time
 COMMIT_PAIRS = 4096  # scores per write transaction
@@ -253,7 +262,7 @@ class DedupStats:
     pairs_scored: int = 0  # of those, scored now (the others were stored by earlier runs)
     pairs_skipped: int = 0  # of those, not scored: their two videos were already joined through scored pairs
     pairs_stored: int = 0  # all pair scores in the index for this model, after the run (skipped pairs not counted)
-    kept_apart: int = 0  # pairs above the threshold not joined because of a "not duplicates" decision
+    kept_apart: int = 0  # joins above the threshold refused because of a "not duplicates" decision
     seconds: float = 0.0
 
 
@@ -261,6 +270,7 @@ class DedupStats:
 class DedupResult:
     groups: list[Group]
     threshold: float
+    linkage: str
     candidates: int
     since: float | None
     model: str
@@ -346,6 +356,83 @@ class ConstrainedUnion:
 
     def groups(self) -> list[set[int]]:
         return [members for root, members in self.members.items() if self.parent[root] == root and len(members) > 1]
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Two groups joined by average linkage: at `level`, through their strongest scored pair (a, b)."""
+
+    level: float  # mean score over every pair between the two groups; an unscored pair counts 0
+    score: float  # the score of (a, b), the link a report shows
+    a: int
+    b: int
+
+
+def average_linkage(pairs: Iterable[tuple[int, int, float]], floor: float,
+                    apart: dict[int, set[int]] | None = None) -> tuple[list[Merge], int]:
+    """Average-linkage (UPGMA) merges of the scored pairs, highest level first, while the level is >= `floor`.
+
+    Connected components join two groups through a single strong pair, so one wrong pair merges two
+    whole groups; here two groups join only when their pairs *on average* reach the floor, an unscored
+    pair (the recall stage did not propose it) counting 0. Each merge is at or below the one before
+    (average linkage is monotone), so cutting the merges at any level >= `floor` gives that level's
+    groups; merging stops above level 0. `apart`: videos that must never share a group (refused merges are counted and returned).
+    """
+    members: dict[int, list[int]] = {}
+    cross: dict[int, dict[int, list]] = {}  # group -> neighbour group -> [score sum, best score, a, b], one shared list
+    for a, b, score in pairs:
+        if a == b or not math.isfinite(score):
+            continue
+        for x in (a, b):
+            members.setdefault(x, [x])
+            cross.setdefault(x, {})
+        entry = cross[a].get(b)
+        if entry is None:
+            entry = cross[a][b] = cross[b][a] = [0.0, -np.inf, a, b]
+        entry[0] += score
+        if score > entry[1]:
+            entry[1:] = [score, a, b]
+    version = dict.fromkeys(members, 0)
+
+    def level(x: int, y: int) -> float:
+        return cross[x][y][0] / (len(members[x]) * len(members[y]))
+
+    # A level below the floor is left out of the heap: it changes only when one of its two groups merges,
+    # and that merge pushes it again.
+    heap = [(-level(x, y), x, y, 0, 0) for x in cross for y in cross[x] if x < y and level(x, y) >= floor]
+    heapq.heapify(heap)
+    merges, refused = [], 0
+    while heap:
+        negative, x, y, version_x, version_y = heapq.heappop(heap)
+        if version.get(x) != version_x or version.get(y) != version_y or y not in cross[x]:
+            continue  # a group changed or was merged since this entry was pushed
+        if -negative < floor or negative >= 0:
+            break  # below level 0 groups with no scored pair between them (level 0) would have to merge first
+        if apart and any(apart.get(v, set()).intersection(members[y]) for v in members[x]):
+            refused += 1
+            del cross[x][y], cross[y][x]  # never together, whatever joins them later
+            continue
+        entry = cross[x].pop(y)
+        del cross[y][x]
+        merges.append(Merge(-negative, float(entry[1]), int(entry[2]), int(entry[3])))
+        keep, gone = (x, y) if len(members[x]) >= len(members[y]) else (y, x)
+        for other, theirs in cross.pop(gone).items():
+            del cross[other][gone]
+            mine = cross[keep].get(other)
+            if mine is None:
+                cross[keep][other] = cross[other][keep] = theirs
+            else:
+                mine[0] += theirs[0]
+                if theirs[1] > mine[1]:
+                    mine[1:] = theirs[1:]
+        members[keep] += members.pop(gone)
+        del version[gone]
+        version[keep] += 1
+        for other in cross[keep]:
+            first, second = min(keep, other), max(keep, other)
+            if level(first, second) >= floor:
+                heapq.heappush(heap, (-level(first, second), first, second, version[first], version[second]))
+    return merges, refused
 
 
 def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -577,10 +664,15 @@ def find_duplicate_groups(
     not_duplicates: Iterable[tuple[str | Path, str | Path]] = (),
     progress: Progress = silent,
     all_pairs: bool = False,
+    linkage: str = "average",
 ) -> DedupResult:
     """Every group of videos sharing audio in `engine`'s index, biggest and most confident first.
 
-    `threshold`: the match threshold (default: `decision.threshold_for(engine.model)`).
+    `linkage`: "average" (default): groups whose pairs score `threshold` on average (`average_linkage`;
+    every recalled pair is scored); "single": connected components of the pairs scoring >= `threshold`
+    (faster: pairs already joined are skipped, but one wrong pair merges two groups).
+    `threshold`: default `decision.group_threshold_for(engine.model)` for average linkage,
+    `decision.threshold_for(engine.model)` (the match threshold) for single linkage.
     `candidates`: recall depth per video. `since` (Unix time): only pairs involving videos indexed
     since then are considered, and only groups holding such a video are returned.
     `not_duplicates`: pairs of files to record as not duplicates first (kept in the index).
@@ -591,7 +683,9 @@ def find_duplicate_groups(
     concern indexed videos every pair is scored, since a decision can cut the chain that joined two.
     """
     started = time.perf_counter()
-    threshold = threshold_for(engine.model, threshold)
+    if linkage not in LINKAGES:
+        raise InputError(f"linkage {linkage!r}: expected one of {', '.join(LINKAGES)}")
+    threshold = (group_threshold_for if linkage == "average" else threshold_for)(engine.model, threshold)
     records = {r.id: r for r in engine.store.iter_records()}
     stats = DedupStats(videos=len(records))
     with DedupStore(engine.index_dir, engine.model.sha256) as store:
@@ -606,7 +700,7 @@ def find_duplicate_groups(
         queries, databases, stats.candidate_pairs = pairs_to_score(engine, records, focus, done & set(records),
                                                                    candidates, stored)
         apart = _apart_ids(store.decisions(), records)
-        joined = None if all_pairs or apart else _joined_by(stored, records, threshold)
+        joined = None if all_pairs or apart or linkage == "average" else _joined_by(stored, records, threshold)
         stats.pairs_scored, stats.pairs_skipped = score_pairs(
             engine, store, queries, databases, progress, joined, threshold,
             _pair_id(stored[0], stored[1])[~np.isfinite(stored[2])])
@@ -618,18 +712,25 @@ def find_duplicate_groups(
             store.forget(gone)
     live = np.isin(pair_q, list(records)) & np.isin(pair_d, list(records)) & np.isfinite(pair_scores)
     stats.pairs_stored = int(live.sum())
-    strong = live & (pair_scores >= threshold)
-    edges = sorted(zip(pair_scores[strong].tolist(), pair_q[strong].tolist(), pair_d[strong].tolist()), reverse=True)
-    union = ConstrainedUnion(apart)
-    joining = []
-    for score, a, b in edges:
-        if union.union(a, b):
-            joining.append((score, a, b))
-        elif union.find(a) != union.find(b):
-            stats.kept_apart += 1
+    if linkage == "average":
+        merges, stats.kept_apart = average_linkage(
+            zip(pair_q[live].tolist(), pair_d[live].tolist(), pair_scores[live].tolist()), threshold, apart)
+        union, joining = ConstrainedUnion({}), [(m.score, m.a, m.b) for m in merges]
+        for merge in merges:
+            union.union(merge.a, merge.b)
+    else:
+        strong = live & (pair_scores >= threshold)
+        edges = sorted(zip(pair_scores[strong].tolist(), pair_q[strong].tolist(), pair_d[strong].tolist()), reverse=True)
+        union = ConstrainedUnion(apart)
+        joining = []
+        for score, a, b in edges:
+            if union.union(a, b):
+                joining.append((score, a, b))
+            elif union.find(a) != union.find(b):
+                stats.kept_apart += 1
     groups = [g for g in union.groups() if since is None or g & focus]
     result = DedupResult(groups=_describe(engine, records, groups, joining, union), threshold=threshold,
-                         candidates=candidates, since=since, model=engine.model.identity, index=str(engine.index_dir.absolute()),
+                         linkage=linkage, candidates=candidates, since=since, model=engine.model.identity, index=str(engine.index_dir.absolute()),
                          stats=stats)
     stats.seconds = round(time.perf_counter() - started, 3)
     return result
@@ -667,5 +768,5 @@ def _describe(engine, records: dict[int, VideoRecord], groups: list[set[int]], j
     return described
 
 
-__all__ = ["DEDUP_DIR", "DEFAULT_CANDIDATES", "ConstrainedUnion", "DedupResult", "DedupStats", "DedupStore", "Group",
-           "Link", "Member", "find_duplicate_groups", "parse_since", "read_decisions_file", "record_not_duplicates"]
+__all__ = ["DEDUP_DIR", "DEFAULT_CANDIDATES", "LINKAGES", "ConstrainedUnion", "DedupResult", "DedupStats", "DedupStore",
+           "Group", "Link", "Merge", "average_linkage", "Member", "find_duplicate_groups", "parse_since", "read_decisions_file", "record_not_duplicates"]

@@ -17,7 +17,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import uvicorn
@@ -340,6 +340,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
     async def dedup(min_score: float | None = Query(None, ge=-1.0, le=1.0),
                     candidates: int = Query(DEFAULT_CANDIDATES, ge=1, le=1000),
                     since: str | None = Query(None, description="Only groups with videos indexed since: 2026-11-30, 12h, 7d."),
+                    linkage: Literal["average", "single"] = Query("average", description="How pairs form groups (see `ausil-search dedup --help`)."),
                     offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=MAX_PAGE)):
         try:
             if since is not None:
@@ -347,7 +348,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
         except InputError as exc:
             raise ServiceError(400, str(exc).replace("--since", "since")) from None
         try:
-            run = await anyio.to_thread.run_sync(dedup_runs.get, DedupParams(min_score, candidates, since))
+            run = await anyio.to_thread.run_sync(dedup_runs.get, DedupParams(min_score, candidates, since, linkage))
         except DedupBusy as exc:
             raise ServiceError(409, str(exc)) from None
         if run.state == "running":
@@ -356,7 +357,7 @@ def create_app(config: ServiceConfig, search: WarmSearch) -> FastAPI:
             raise ServiceError(409 if run.conflict else 500, f"dedup failed: {run.error}")
         result = run.result
         page = result.groups[offset:offset + limit]
-        return {"status": "done", "threshold": result.threshold, "candidates": result.candidates, "since": result.since,
+        return {"status": "done", "threshold": result.threshold, "linkage": result.linkage, "candidates": result.candidates, "since": result.since,
                 "model": result.model, "index": result.index, "stats": asdict(result.stats),
                 "total_groups": len(result.groups), "offset": offset, "limit": limit,
                 "groups": [asdict(group) for group in page]}

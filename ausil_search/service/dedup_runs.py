@@ -36,6 +36,7 @@ class DedupParams:
     threshold: float | None
     candidates: int
     since: str | None  # as given (`7d` means seven days before the run starts)
+    linkage: str = "average"
 
 
 @dataclass
@@ -102,7 +103,7 @@ class DedupRuns:
             run.result = find_duplicate_groups(
                 self.search.engine, run.params.threshold, candidates=run.params.candidates,
                 since=parse_since(run.params.since) if run.params.since else None,
-                progress=progress)
+                progress=progress, linkage=run.params.linkage)
             run.state = "done"
         except _Stopped:
             run.state, run.error = "failed", "the server is shutting down"
