@@ -72,19 +72,19 @@ def reachable(scores: np.ndarray, queries: np.ndarray, databases: np.ndarray, tr
 def recall_table(bench: Benchmark, bench_dir: Path, source_cache: Path, video_of: dict[int, str],
                  variants: dict[str, np.ndarray], queries: np.ndarray, databases: np.ndarray) -> dict:
     """Print, per truth (`groups`, `audio`) and per pair score, the recall reachable at each target
-    precision, pairs | groups; return the points as {"truth: score": reachable(...)}."""
+    precision, pairs | single-linkage groups | average-linkage groups; return the points as {"truth: score": reachable(...)}."""
     truths = {"groups": cal.group_pairs(bench), "audio": cal.cached_audio_pairs(bench, bench_dir, source_cache)}
     width = max(map(len, variants)) + 2
     table = {}
     for truth_name, named in truths.items():
         truth = cal.indexed_truth(named, video_of)
         print(f"\ntruth '{truth_name}' ({len(truth)} pairs, {len(queries)} scored): recall at precision "
-              + " / ".join(map(str, TARGETS)) + ", pairs | groups")
+              + " / ".join(map(str, TARGETS)) + ", pairs | groups (single linkage) | groups (average linkage)")
         for label, scores in variants.items():
             found = table[f"{truth_name}: {label}"] = reachable(scores, queries, databases, truth)
             cells = [" / ".join(f"{(found[f'{kind}@{t}'] or {'recall': 0.0})['recall']:.3f}" for t in TARGETS)
-                     for kind in ("pairs", "groups")]
-            print(f"  {label:{width}s} {cells[0]}  |  {cells[1]}")
+                     for kind in ("pairs", "groups", "average")]
+            print(f"  {label:{width}s} " + "  |  ".join(cells))
     return table
 
 

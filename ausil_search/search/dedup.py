@@ -376,7 +376,8 @@ def average_linkage(pairs: Iterable[tuple[int, int, float]], floor: float,
     whole groups; here two groups join only when their pairs *on average* reach the floor, an unscored
     pair (the recall stage did not propose it) counting 0. Each merge is at or below the one before
     (average linkage is monotone), so cutting the merges at any level >= `floor` gives that level's
-    groups; merging stops above level 0. `apart`: videos that must never share a group (refused merges are counted and returned).
+    groups; merging stops above level 0. `apart`: videos that must never share a group; the joins it
+    refuses are counted and returned with the merges.
     """
     members: dict[int, list[int]] = {}
     cross: dict[int, dict[int, list]] = {}  # group -> neighbour group -> [score sum, best score, a, b], one shared list
