@@ -770,4 +770,5 @@ def _describe(engine, records: dict[int, VideoRecord], groups: list[set[int]], j
 
 
 __all__ = ["DEDUP_DIR", "DEFAULT_CANDIDATES", "LINKAGES", "ConstrainedUnion", "DedupResult", "DedupStats", "DedupStore",
-           "Group", "Link", "Merge", "average_linkage", "Member", "find_duplicate_groups", "parse_since", "read_decisions_file", "record_not_duplicates"]
+           "Group", "Link", "Member", "Merge", "average_linkage", "find_duplicate_groups", "parse_since",
+           "read_decisions_file", "record_not_duplicates"]
