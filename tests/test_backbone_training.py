@@ -364,7 +364,8 @@ def test_library_returns_the_model_with_its_provenance(media_dir, tmp_path):
                             "total_train_seconds", "calibration_seconds", "device", "workers", "loss", "data", "config",
                             "output", "model"]
     assert list(report["loss"]) == ["first_steps_mean", "last_steps_mean", "first_steps_accuracy", "last_steps_accuracy",
-                                    "steps_averaged", "curve"]
+                                    "steps_averaged", "curve", "last_steps_drift"]
+    assert report["loss"]["last_steps_drift"] is None  # no anchor
 
 
 def test_view_workers_die_with_a_killed_trainer(media_dir, tmp_path):

@@ -110,10 +110,17 @@ def test_calibration_run_on_a_tiny_benchmark(tmp_path, model_path, capsys):
         assert [p["threshold"] for p in groups] == sorted((p["threshold"] for p in groups), reverse=True)
         assert groups[-1]["recall"] == 1.0  # at the lowest score everything is one group
         assert all(a["recall"] <= b["recall"] for a, b in zip(groups, groups[1:]))
+        average = entry["curve"]["average"]  # dedup's default grouping, over the level groups join at
+        assert [p["threshold"] for p in average] == sorted((p["threshold"] for p in average), reverse=True)
+        assert all(a["recall"] <= b["recall"] for a, b in zip(average, average[1:]))
     if report["threshold"] is not None:
         assert report["by_truth"][report["truth"]]["at_threshold"]["groups"]["precision"] >= 0.99
+    if report["group_threshold"] is not None:
+        assert report["by_truth"][report["truth"]]["at_threshold"]["average"]["precision"] >= 0.99
     overlap = report["recall_by_overlap"]
     assert sum(row["pairs"] for row in overlap) == report["by_truth"]["spans"]["true_pairs"]
     assert all(0 <= v <= 1 for row in overlap for v in row["at_least"].values())
     printed = capsys.readouterr().out
-    assert "truth 'groups'" in printed and ("calibrated threshold" in printed or "no threshold reaches" in printed)
+    assert "truth 'groups'" in printed
+    for name in ("match threshold (single linkage)", "group threshold (average linkage)"):
+        assert f"calibrated {name}" in printed or f"no {name} reaches" in printed
