@@ -13,7 +13,6 @@ aimed at mixing and noise"). SOURCES as for `train-backbone` (folders, files, .t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,13 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     from ausil_search.model import AuSiLModel
     from ausil_search.train.backbone_trainer import BackboneTrainer
     from ausil_search.train.backbone_views import AudioCorpus, ViewBatches
-    from ausil_search.train.configs import BackboneTrainConfig, ViewRecipe
+    from ausil_search.train.configs import BackboneTrainConfig, ViewRecipe, read_view_overrides
 
     model = AuSiLModel.load(args.model)
-    recipe = ViewRecipe()
-    if args.views:
-        text = args.views if args.views.lstrip().startswith("{") else Path(args.views).read_text()
-        recipe = recipe.with_overrides(json.loads(text))
+    recipe = ViewRecipe().with_overrides(read_view_overrides(args.views)) if args.views else ViewRecipe()
     config = BackboneTrainConfig(calibration_batches=args.batches, seed=args.seed, recipe=recipe)
     corpus = AudioCorpus.from_sources(args.sources)
     batches = ViewBatches(corpus, recipe, model.frontend, config.seed, config.batch_size, workers=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,7 +15,9 @@ from ..train.configs import (
     TrainConfig,
     TrainingJob,
     ViewRecipe,
+    read_view_overrides,
 )
+from ..errors import AusilError
 from .base import DEVICE_HELP, MODEL_HELP, cli, emit_json
 from .progress import ProgressDisplay
 
@@ -219,22 +220,9 @@ def _view_recipe(views: str | None, **options) -> ViewRecipe:
     recipe = ViewRecipe(**options)
     if views is None:
         return recipe
-    text = views
-    if not views.lstrip().startswith("{"):
-        try:
-            text = Path(views).read_text()
-        except OSError as error:
-            raise click.BadParameter(f"neither a JSON object nor a readable file: {error.strerror or error}",
-                                     param_hint="--views") from None
     try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"not valid JSON: {error}", param_hint="--views") from None
-    if not isinstance(overrides, dict):
-        raise click.BadParameter("expected a JSON object of view-recipe fields", param_hint="--views")
-    try:
-        return recipe.with_overrides(overrides)
-    except ValueError as error:
+        return recipe.with_overrides(read_view_overrides(views))
+    except (AusilError, ValueError) as error:
         raise click.BadParameter(str(error), param_hint="--views") from None
 
 

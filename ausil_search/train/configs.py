@@ -205,6 +205,23 @@ class ViewRecipe:
                              f"speed-up they must still hold {window_s:.2f} s (window plus shift)")
 
 
+def read_view_overrides(views: str) -> dict:
+    """The ViewRecipe fields of `--views`: a JSON object given inline or in a file (AusilError otherwise)."""
+    text = views
+    if not views.lstrip().startswith("{"):
+        try:
+            text = Path(views).read_text()
+        except OSError as error:
+            raise AusilError(f"neither a JSON object nor a readable file: {error.strerror or error}") from None
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise AusilError(f"not valid JSON: {error}") from None
+    if not isinstance(overrides, dict):
+        raise AusilError("expected a JSON object of view-recipe fields")
+    return overrides
+
+
 @dataclass
 class BackboneTrainConfig:
     """The backbone run: optimisation, schedule, and the view recipe of its batches."""
