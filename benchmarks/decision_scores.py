@@ -10,9 +10,12 @@ The AuSiL score is the comparator map's Chamfer similarity: the mean over the sh
 of each row's best match. A copy that shares only part of the shorter video scores low by
 construction, so a decision on it loses partial duplicates. The local score is the mean of the same
 row maxima over the best run of k consecutive map rows (a map row covers 4 segments, about 4 s):
-"somewhere, k rows in a row match". For each score and truth (`groups`, `audio`; see
-calibrate_threshold.py) it prints the recall reachable at pair precision and at group precision
-0.99 / 0.95 / 0.90 (lowest threshold with that precision).
+"somewhere, k rows in a row match". Also collection-relative
+scores, which need no model: each pair's score minus a background of both videos' scores against the
+rest of the collection (the mean of their k best, as CSLS does for word translation; or the median of
+their 10th-30th best), for videos that score high or low against everything. For each score and truth
+(`groups`, `audio`; see calibrate_threshold.py) it prints the recall reachable at pair precision and at
+group precision 0.99 / 0.95 / 0.90 (lowest threshold with that precision).
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ def best_window_mean(values: np.ndarray, k: int) -> float:
     k = min(k, len(values))
     sums = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
     return float((sums[k:] - sums[:-k]).max() / k)
+
+
+def collection_relative(scores: np.ndarray, queries: np.ndarray, databases: np.ndarray) -> dict[str, np.ndarray]:
+    """Each pair's score minus a background from both videos' scores against the rest of the collection."""
+    ids, where = np.unique(np.r_[queries, databases], return_inverse=True)
+    q, d = where[:len(queries)], where[len(queries):]
+    ranked = [[] for _ in ids]
+    for score, a, b in zip(scores.tolist(), q.tolist(), d.tolist()):
+        ranked[a].append(score)
+        ranked[b].append(score)
+    ranked = [np.sort(np.array(values))[::-1] for values in ranked]
+    variants = {}
+    for k in (10, 20):
+        best = np.array([values[:k].mean() for values in ranked])
+        variants[f"minus mean of {k} best (CSLS)"] = scores - 0.5 * (best[q] + best[d])
+    middle = np.array([np.median(values[10:30]) if len(values) > 10 else values[-1] for values in ranked])
+    variants["minus median of 10th-30th"] = scores - 0.5 * (middle[q] + middle[d])
+    return variants
 
 
 def comparator_row_maxima(engine, queries: np.ndarray, databases: np.ndarray):
@@ -117,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         maxima = list(comparator_row_maxima(engine, queries, databases))
     windows = [int(k) for k in args.windows.split(",")]
     variants = {"whole video (AuSiL)": chamfer.astype(np.float64),
-                **{f"best {k} rows": np.array([best_window_mean(m, k) for m in maxima]) for k in windows}}
+                **{f"best {k} rows": np.array([best_window_mean(m, k) for m in maxima]) for k in windows},
+                **collection_relative(chamfer.astype(np.float64), queries, databases)}
     print(f"{args.bench_dir}: {len(chamfer)} scored pairs, model {model.identity}, maps in "
           f"{time.perf_counter() - started:.1f} s")
     recall_table(bench, args.bench_dir, args.work / "source-cache", video_of, variants, queries, databases)

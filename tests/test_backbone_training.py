@@ -277,6 +277,51 @@ def test_resumed_anchored_run_keeps_its_own_start(media_dir, tmp_path):
                        BackboneTrainingJob([media_dir], small_config(), tmp_path / "b", resume=True, workers=0))
 
 
+def _with_running_statistics(seed: int) -> WeakMxH64:
+    """A backbone whose BatchNorm statistics are not the initial 0/1, as a trained one's are not."""
+    backbone = AuSiLModel.initialise(seed=0).backbone
+    generator = torch.Generator().manual_seed(seed)
+    for norm in backbone.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.copy_(0.1 * torch.randn(norm.running_mean.shape, generator=generator))
+            norm.running_var.copy_(0.5 + torch.rand(norm.running_var.shape, generator=generator))
+    return backbone.eval()
+
+
+def test_frozen_batchnorm_trains_the_weights_under_the_starting_statistics(media_dir, tmp_path):
+    corpus = AudioCorpus.from_sources([media_dir])
+    views = make_view_batch(corpus, ViewRecipe(excerpt_s=2.6), FRONTEND, seed=0, index=0, batch_size=4)
+    x = torch.from_numpy(views.views).reshape(8, 1, *views.views.shape[2:])
+    start = _with_running_statistics(seed=1)
+    with torch.no_grad():
+        expected_loss, _ = nt_xent(*start(x).split(4), temperature=0.1)
+
+    trainer = BackboneTrainer(_with_running_statistics(seed=1), None, corpus,
+                              small_config(frozen_batchnorm=True, anchor_weight=1.0), torch.device("cpu"))
+    first = trainer.train_step(views)
+    # The first step's loss is the inference-mode (running statistics) descriptors' loss, not a batch-statistics one.
+    assert first.loss == pytest.approx(float(expected_loss), abs=1e-4)
+    assert first.drift == pytest.approx(0.0, abs=1e-5)  # the anchor normalises the same way
+
+    backbone = _with_running_statistics(seed=1)
+    report = train_backbone(backbone, BackboneTrainingJob([media_dir], small_config(frozen_batchnorm=True), tmp_path / "a",
+                                                          workers=0))
+    assert report.steps == 3 and not backbone.training
+    before, after = _state(start), _state(backbone)
+    for key in before:
+        if "running_" in key or "num_batches_tracked" in key:
+            assert torch.equal(before[key], after[key]), key  # never updated, not recomputed at the end
+    assert not torch.equal(before["layer1.0.weight"], after["layer1.0.weight"])
+    assert not torch.equal(before["layer1.1.weight"], after["layer1.1.weight"])  # BatchNorm's own scale learns
+    with pytest.raises(AusilError, match="other settings"):  # a resume must keep the statistics frozen
+        train_backbone(_with_running_statistics(seed=1),
+                       BackboneTrainingJob([media_dir], small_config(steps=4), tmp_path / "a", resume=True, workers=0))
+
+    result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(tmp_path / "m.safetensors"),
+                                      "--frozen-batchnorm", "--steps", "1"])
+    assert result.exit_code == 2 and "--model" in result.output
+
+
 def test_cli_writes_a_loadable_model_with_the_official_layout(media_dir, tmp_path):
     out = tmp_path / "ssl.safetensors"
     result = CliRunner().invoke(cli, ["train-backbone", str(media_dir), "-o", str(out), "--steps", "2", "--batch", "2",

@@ -244,6 +244,9 @@ def _view_recipe(views: str | None, **options) -> ViewRecipe:
               show_default=True,
               help="Weight of each view's cosine distance from the --model backbone's descriptor of it: a continued "
                    "run keeps what the start learnt (0: off).")
+@click.option("--frozen-batchnorm", is_flag=True,
+              help="Keep the --model backbone's BatchNorm statistics through training and after (no recomputation "
+                   "over the run's views): heavier views then change the weights, not the statistics inference uses.")
 @click.option("--excerpt-seconds", type=click.FloatRange(min=1), default=ViewRecipe.excerpt_s, show_default=True,
               help="Audio read per item; the centre window (~2 s) of each view is trained on.")
 @click.option("--max-shift", type=click.FloatRange(min=0), default=ViewRecipe.max_shift_s, show_default=True,
@@ -266,7 +269,7 @@ def _view_recipe(views: str | None, **options) -> ViewRecipe:
 @click.option("--float16", is_flag=True, help="Store the model's tensors as float16.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_steps, decay_steps, temperature, anchor_weight,
-                   excerpt_seconds,
+                   frozen_batchnorm, excerpt_seconds,
                    max_shift, excerpts_per_recording, views, calibration_batches, workers, checkpoint_dir, checkpoint_every, resume, seed,
                    name, device, float16, as_json):
     """Train the weak_mxh64_1024 backbone self-supervised (contrastive) on unlabelled audio.
@@ -284,8 +287,11 @@ def train_backbone(sources, output, model_spec, steps, batch_size, lr, warmup_st
     from ..model import load_model
     from ..train.backbone_trainer import train_backbone_model
 
+    if frozen_batchnorm and not model_spec:
+        raise click.UsageError("--frozen-batchnorm keeps a trained backbone's statistics: give the backbone with --model")
     config = BackboneTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
-                                 decay_steps=decay_steps, temperature=temperature, anchor_weight=anchor_weight, seed=seed,
+                                 decay_steps=decay_steps, temperature=temperature, anchor_weight=anchor_weight,
+                                 frozen_batchnorm=frozen_batchnorm, seed=seed,
                                  checkpoint_every=checkpoint_every,
                                  calibration_batches=calibration_batches,
                                  recipe=_view_recipe(views, excerpt_s=excerpt_seconds, max_shift_s=max_shift,

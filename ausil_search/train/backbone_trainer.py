@@ -12,7 +12,8 @@ unchanged, so the result is an ordinary model file and the official weights stil
   descriptor of the same view, so that a continued run learns new views without giving up old ones.
 - Adam with a short linear warm-up, BatchNorm in train mode (batch statistics); at the end the
   running statistics are recomputed as a plain average over a few fresh batches, the statistics
-  inference uses.
+  inference uses. Or, for a continued run, BatchNorm frozen at the starting backbone's statistics
+  throughout (``frozen_batchnorm``): heavier views then change the weights only, not the statistics.
 """
 
 from __future__ import annotations
@@ -75,16 +76,23 @@ class BackboneStep(StepRecord):
     drift: float | None = None  # mean cosine distance from the anchor's descriptors (anchored runs)
 
 
-def frozen_anchor(backbone: WeakMxH64) -> WeakMxH64:
-    """A fixed copy of ``backbone`` that normalises with batch statistics, as the trained one does in
-    training, so both give the same descriptors at the start; it never updates running statistics."""
+def frozen_anchor(backbone: WeakMxH64, running_statistics: bool = False) -> WeakMxH64:
+    """A fixed copy of ``backbone`` that normalises as the trained one does in training (batch
+    statistics, or its running statistics when those are frozen), so both give the same descriptors at
+    the start; it never updates running statistics."""
     anchor = copy.deepcopy(backbone)
     for parameter in anchor.parameters():
         parameter.requires_grad_(False)
+    if running_statistics:
+        return anchor.eval()
     for module in anchor.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.track_running_stats = False
     return anchor.train()
+
+
+def batch_norms(backbone: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 class BackboneTrainer:
@@ -103,7 +111,7 @@ class BackboneTrainer:
         self.config = config
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.anchor = frozen_anchor(self.backbone) if config.anchor_weight > 0 else None
+        self.anchor = (frozen_anchor(self.backbone, config.frozen_batchnorm) if config.anchor_weight > 0 else None)
         trainable = [p for name, p in backbone.named_parameters() if not name.startswith("layer19.")]
         for parameter in backbone.layer19.parameters():
             parameter.requires_grad_(False)  # the classifier plays no part in the descriptor
@@ -115,6 +123,9 @@ class BackboneTrainer:
     def train_step(self, batch: ViewBatch) -> BackboneStep:
         started = time.perf_counter()
         self.backbone.train()
+        if self.config.frozen_batchnorm:
+            for norm in batch_norms(self.backbone):
+                norm.eval()  # running statistics, never updated; the affine weights still learn
         size = batch.views.shape[1]
         x = _as_input(batch.views, self.device)
         lr = self.config.learning_rate(self.step)
@@ -159,8 +170,12 @@ class BackboneTrainer:
             self.save_checkpoint()
 
     def recalibrate_batch_norm(self) -> None:
-        """Running statistics = plain averages over fresh batches (stream 1), as inference will see."""
-        norms = [m for m in self.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        """Running statistics = plain averages over fresh batches (stream 1), as inference will see;
+        frozen statistics stay as they are (the weights were trained under them)."""
+        if self.config.frozen_batchnorm:
+            self.backbone.eval()
+            return
+        norms = batch_norms(self.backbone)
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()

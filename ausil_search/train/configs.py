@@ -236,6 +236,10 @@ class BackboneTrainConfig:
     # Weight of the cosine distance between each view's descriptor and the starting backbone's: keeps a
     # continued run from trading what the start had learnt for the new views (0: no anchor).
     anchor_weight: float = 0.0
+    # BatchNorm keeps the starting backbone's running statistics (eval mode) through training and after,
+    # so the weights learn under the statistics inference uses rather than under heavy views' batch
+    # statistics (which cost a continued run its speed-changed copies); no recalibration at the end.
+    frozen_batchnorm: bool = False
     seed: int = 0
     checkpoint_every: int = 25
     calibration_batches: int = 8
@@ -250,7 +254,8 @@ class BackboneTrainConfig:
         return data
 
     def incompatible(self, saved: dict) -> list[str]:
-        saved = {"anchor_weight": 0.0, **saved}  # checkpoints from before the anchor ran without one
+        # checkpoints from before the anchor and frozen statistics ran without them
+        saved = {"anchor_weight": 0.0, "frozen_batchnorm": False, **saved}
         return changed_settings(self.to_dict(), saved, self._RESUMABLE_CHANGES)
 
     def learning_rate(self, step: int) -> float:
