@@ -1,7 +1,7 @@
 """How much degradation does a model survive? Top-1 accuracy per transformation and strength.
 
     python benchmarks/degradation_curve.py [SOURCES.txt] [--model PATH] [--recordings 24] [--seconds 20]
-        [--out curve.json]
+        [--only WORDS] [--out curve.json]
     python benchmarks/degradation_curve.py --compare A.json B.json   # two runs' --out files, paired
 
 The dev tables give one number per transformation, mixed over strengths and over chains of two or
@@ -55,6 +55,11 @@ CONDITIONS: list[tuple[str, list[dict]]] = (
        for codec, rates in (("mp3", (64, 32)), ("aac", (48, 24)), ("opus", (24, 12))) for kbps in rates]
     + [(f"resample {rate} Hz", [{"name": "resample", "rate": rate}]) for rate in (22050, 16000, 8000)]
     + [("telephone band", [TELEPHONE]), ("rerecord", [REROOM])]
+    + [(f"high-pass {hz} Hz", [{"name": "band", "kind": "highpass", "low_hz": float(hz), "high_hz": None}])
+       for hz in (250, 500, 800)]
+    + [(f"low-pass {hz} Hz", [{"name": "band", "kind": "lowpass", "low_hz": 0.0, "high_hz": float(hz)}])
+       for hz in (6000, 3000)]
+    + [("echo 0.2 s", [{"name": "echo", "delay_s": 0.2, "decay": 0.5, "taps": 3}])]
     + [(f"tempo ×{factor}", [{"name": "tempo", "factor": factor}]) for factor in (0.87, 0.93, 1.07, 1.15)]
     + [(f"speed ×{factor}", [{"name": "speed", "factor": factor}]) for factor in (0.87, 1.15)]
     + [("opus 16 kbps + noise 5 dB", [dict(NOISE, snr_db=5.0), _codec("opus", 16)]),
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recordings", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=None, metavar="WORDS",
+                        help="Only the rows whose label contains one of these comma-separated words, e.g. 'pass,echo'.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the rows as JSON here.")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), default=None,
                         help="Compare two runs' --out files (same recordings) instead of measuring: per row, and B − A "
@@ -105,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.compare:
         return compare_runs(*args.compare, seed=args.seed)
+    words = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else None
+    conditions = [(label, steps) for label, steps in CONDITIONS if words is None or any(w in label for w in words)]
+    if not conditions:
+        raise SystemExit(f"--only {args.only!r}: no row's label contains any of those words")
 
     import torch
 
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     clean_embedded = [e for e, _ in clean]
     clean_mac = np.stack([m for _, m in clean])
     rows = []
-    for label, steps in CONDITIONS:
+    for label, steps in conditions:
         hits = {"full": [], "mac": []}
         margins = {"full": [], "mac": []}
         for i, (_, first, _) in enumerate(material):

@@ -52,6 +52,14 @@ def test_clean_copies_find_their_source_and_short_files_are_skipped(tmp_path, ca
     assert degradation_curve.main(["--compare", str(out), str(worse_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("[")[0].strip() for line in lines if line.strip().startswith("mac:")] == ["mac: +0.000", f"mac: {expected:+.3f}"]
+    # --only: the rows whose label holds one of the words, in CONDITIONS' order; no such row is an error.
+    only = tmp_path / "only.json"
+    assert degradation_curve.main([str(sources), "--recordings", "3", "--seconds", "6", "--only", "pass,clean",
+                                   "--out", str(only)]) == 0
+    assert [row["condition"] for row in json.loads(only.read_text())["rows"]] == [
+        "clean", "high-pass 250 Hz", "high-pass 500 Hz", "high-pass 800 Hz", "low-pass 6000 Hz", "low-pass 3000 Hz"]
+    with pytest.raises(SystemExit, match="no row"):
+        degradation_curve.main([str(sources), "--recordings", "3", "--seconds", "6", "--only", "flanger"])
     worse["recordings"] = worse["recordings"][::-1]
     worse_path.write_text(json.dumps(worse))
     with pytest.raises(SystemExit, match="other recordings"):
