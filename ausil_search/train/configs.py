@@ -238,7 +238,8 @@ class BackboneTrainConfig:
     anchor_weight: float = 0.0
     # BatchNorm keeps the starting backbone's running statistics (eval mode) through training and after,
     # so the weights learn under the statistics inference uses rather than under heavy views' batch
-    # statistics (which cost a continued run its speed-changed copies); no recalibration at the end.
+    # statistics; no recalibration at the end. Measured: it does not keep a continued run's
+    # speed-changed copies (BENCHMARKS.md, run v3f).
     frozen_batchnorm: bool = False
     seed: int = 0
     checkpoint_every: int = 25
