@@ -275,3 +275,22 @@ def test_every_occurrence_is_found_in_database_order_speed_changed_one_included(
     assert all(abs(r.start) <= 1 and abs(r.stop - 20) <= 1 for r, _, _ in found)
     unrelated = _unit(torch.randn(220, 64, generator=generator))
     assert len(find_occurrences(query @ unrelated.T)) == 1  # the best place only, no chance diagonals
+
+
+def test_an_exact_copy_is_found_whole_even_with_a_weaker_ending():
+    """Banded diagonal scores tie across the band; a shifted, shorter diagonal that leaves out a
+    quieter ending must not win, or a re-upload's shared span loses its last tenth."""
+    from ausil_search.head import find_occurrences
+
+    generator = torch.Generator().manual_seed(0)
+    for n in (30, 120, 600):
+        raw = torch.randn(n + 1, 64, generator=generator)
+        video = _unit(raw[:-1] + raw[1:])  # overlapping windows: neighbours share half their audio
+        video[-(n // 10):] *= 0.9  # a quieter ending, weighed less by attention
+        [(rows, columns, _)] = find_occurrences(video @ video.T)
+        assert (rows, columns) == (range(0, n), range(0, n))
+        # and a copy that starts later in a longer video
+        longer = torch.cat([_unit(torch.randn(n // 2, 64, generator=generator)), video])
+        found = find_occurrences(video @ longer.T)
+        rows, columns, _ = max(found, key=lambda item: item[2])
+        assert rows == range(0, n) and columns == range(n // 2, n // 2 + n)

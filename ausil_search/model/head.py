@@ -429,7 +429,7 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
     found = []
     median = float(np.median(values))
     for index in chosen:
-        offset = int(offsets[index])
+        offset = _centred_offset(values, int(offsets[index]), band, offsets)
         diagonal = np.diagonal(banded, offset)
         first, last = _trimmed_run(diagonal, median)
         row, column = max(0, -offset), max(0, offset)
@@ -437,6 +437,18 @@ def find_occurrences(sim: Tensor, max_speed_change: float = 0.15, min_overlap: i
         start, end = _run_columns(values, range(lo, hi + 1), column - row, band, max_speed_change)
         found.append((range(lo, hi + 1), range(start, end), float(diagonal[first:last].mean())))
     return sorted(found, key=lambda item: item[1].start)
+
+
+def _centred_offset(values: np.ndarray, offset: int, band: int, offsets: np.ndarray) -> int:
+    """The diagonal within ``band`` of `offset` with the best plain (unbanded) mean.
+
+    Banded scores tie across the band: every diagonal within it reaches the run's cells, and a
+    shifted one, shorter at the video's edge, can win by leaving out a weaker end (an exact copy
+    of a 10-minute video would lose its last 45 s). The run's own diagonal, or for a speed-changed
+    copy the one crossing it mid-way (the band's assumption), has the best plain mean.
+    """
+    near = offsets[np.abs(offsets - offset) <= band]
+    return int(near[np.argmax(diagonal_means(values, near))])
 
 
 def _run_columns(values: np.ndarray, rows: range, offset: int, band: int, max_speed_change: float) -> tuple[int, int]:
