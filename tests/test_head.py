@@ -294,3 +294,19 @@ def test_an_exact_copy_is_found_whole_even_with_a_weaker_ending():
         found = find_occurrences(video @ longer.T)
         rows, columns, _ = max(found, key=lambda item: item[2])
         assert rows == range(0, n) and columns == range(n // 2, n // 2 + n)
+
+
+def test_a_short_database_video_inside_a_long_query_is_spanned_whole():
+    """The matched columns come from a line fitted to each row's best column; rows whose search band
+    the matrix's edge cuts can only err inwards and must not shorten the span (they cut 11-17 of
+    these 150 columns before)."""
+    from ausil_search.head import find_occurrences
+
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        raw = torch.randn(601, 64, generator=generator)
+        long_video = _unit(raw[:-1] + raw[1:])
+        clip = _unit(long_video[200:350] + 0.5 * torch.randn(150, 64, generator=generator))  # a degraded excerpt
+        [(rows, columns, _)] = find_occurrences(long_video @ clip.T)
+        assert (rows.start, rows.stop) == (200, 350)
+        assert columns.start <= 2 and columns.stop >= 148, (seed, columns)

@@ -459,15 +459,20 @@ def _run_columns(values: np.ndarray, rows: range, offset: int, band: int, max_sp
     one noisy row at either end cannot move much.
     """
     columns = values.shape[1]
-    best = []
+    band = min(band, int(np.ceil(max_speed_change * len(rows) / 2)))  # the run drifts by its own length's share
+    best, whole = [], []
     for r in rows:
         low, high = max(0, r + offset - band), min(columns, r + offset + band + 1)
         best.append(low + int(np.argmax(values[r, low:high])) if high > low else min(max(r + offset, 0), columns - 1))
+        whole.append(high - low == 2 * band + 1)
     rows_array = np.asarray(rows, np.float64)
+    # A row whose band the matrix's edge cuts can only err inwards, which would flatten the slope and
+    # shorten the span; fit on the uncut rows when there are enough.
+    fit = np.asarray(whole) if sum(whole) >= 3 else np.ones(len(rows), bool)
     if len(rows) >= 3:
-        slope, intercept = np.polyfit(rows_array, np.asarray(best, np.float64), 1)
+        slope, intercept = np.polyfit(rows_array[fit], np.asarray(best, np.float64)[fit], 1)
         slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
-        intercept = float(np.mean(np.asarray(best) - slope * rows_array))
+        intercept = float(np.mean(np.asarray(best)[fit] - slope * rows_array[fit]))
     else:
         slope, intercept = 1.0, float(np.mean(np.asarray(best) - rows_array))
     start = int(np.clip(round(intercept + slope * rows.start), 0, columns - 1))
