@@ -454,27 +454,65 @@ def _centred_offset(values: np.ndarray, offset: int, band: int, offsets: np.ndar
 def _run_columns(values: np.ndarray, rows: range, offset: int, band: int, max_speed_change: float) -> tuple[int, int]:
     """First and one-past-last database column of a matched run of query `rows` near diagonal `offset`.
 
-    A speed-changed copy tilts the run, so the column where each row matches best (within the band)
-    is fitted with a line whose slope stays within the speed range; its ends give the span, which
-    one noisy row at either end cannot move much.
+    A speed-changed copy tilts the run: the line through the run is found by trying every slope in the
+    speed range and every crossing within the band of the diagonal's middle (the best mean similarity
+    along it), then refitted to each row's best column near it; its ends give the span, which one noisy
+    row at either end cannot move much. (Fitting each row's best column in the whole band instead
+    pulls a tilted run's slope towards 1: rows that miss scatter around the diagonal.)
     """
-    columns = values.shape[1]
     band = min(band, int(np.ceil(max_speed_change * len(rows) / 2)))  # the run drifts by its own length's share
-    best, whole = [], []
-    for r in rows:
-        low, high = max(0, r + offset - band), min(columns, r + offset + band + 1)
-        best.append(low + int(np.argmax(values[r, low:high])) if high > low else min(max(r + offset, 0), columns - 1))
-        whole.append(high - low == 2 * band + 1)
     rows_array = np.asarray(rows, np.float64)
-    # A row whose band the matrix's edge cuts can only err inwards, which would flatten the slope and
-    # shorten the span; fit on the uncut rows when there are enough.
-    fit = np.asarray(whole) if sum(whole) >= 3 else np.ones(len(rows), bool)
-    if len(rows) >= 3:
-        slope, intercept = np.polyfit(rows_array[fit], np.asarray(best, np.float64)[fit], 1)
-        slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
-        intercept = float(np.mean(np.asarray(best)[fit] - slope * rows_array[fit]))
-    else:
-        slope, intercept = 1.0, float(np.mean(np.asarray(best) - rows_array))
+    slope, intercept = _best_line(values, rows_array, offset, band, max_speed_change)
+    for _ in range(2 if len(rows) >= 3 else 0):
+        slope, intercept = _fit_run(values, rows_array, intercept + slope * rows_array, 2, max_speed_change)
+    columns = values.shape[1]
     start = int(np.clip(round(intercept + slope * rows.start), 0, columns - 1))
     end = int(np.clip(round(intercept + slope * (rows.stop - 1)), start, columns - 1)) + 1
     return start, end
+
+
+def _best_line(values: np.ndarray, rows: np.ndarray, offset: int, band: int, max_speed_change: float,
+               grid: int = 41, sample: int = 256) -> tuple[float, float]:
+    """The line (slope, intercept) with the best mean similarity over `rows`, among slopes in the speed
+    range crossing the middle row within `band` columns of diagonal `offset`: a `grid` × `grid` search
+    over at most `sample` of the rows, then a second one around the winner one coarse step each way,
+    so the cost does not grow with the run's length."""
+    columns = values.shape[1]
+    picked = rows[np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).round().astype(np.int64))]
+    middle = float(rows.mean())
+    slope_range = (1 / (1 + max_speed_change), 1 / (1 - max_speed_change))
+    slope_centre, slope_half = sum(slope_range) / 2, (slope_range[1] - slope_range[0]) / 2
+    shift_centre, shift_half = 0.0, float(band)
+    for _ in range(2):
+        slopes = slope_centre + np.linspace(-slope_half, slope_half, grid)
+        shifts = shift_centre + np.linspace(-shift_half, shift_half, grid)
+        lines = np.rint(middle + offset + shifts[:, None, None]
+                        + slopes[None, :, None] * (picked - middle)[None, None, :]).astype(np.int64)
+        inside = (lines >= 0) & (lines < columns)
+        cells = np.where(inside, values[picked.astype(np.int64)[None, None, :], np.clip(lines, 0, columns - 1)], 0.0)
+        means = cells.sum(axis=2) / np.maximum(inside.sum(axis=2), 1)
+        shift, slope = np.unravel_index(int(np.argmax(means)), means.shape)
+        slope_centre, shift_centre = float(slopes[slope]), float(shifts[shift])
+        slope_half, shift_half = 2 * slope_half / (grid - 1), 2 * shift_half / (grid - 1)
+    return slope_centre, middle + offset + shift_centre - slope_centre * middle
+
+
+def _fit_run(values: np.ndarray, rows: np.ndarray, centres: np.ndarray, half_width: int,
+             max_speed_change: float) -> tuple[float, float]:
+    """Slope and intercept of the line through each row's best column within ``half_width`` of its centre."""
+    columns = values.shape[1]
+    centres = np.rint(centres).astype(np.int64)
+    window = centres[:, None] + np.arange(-half_width, half_width + 1)[None, :]
+    inside = (window >= 0) & (window < columns)
+    cells = np.where(inside, values[rows.astype(np.int64)[:, None], np.clip(window, 0, columns - 1)], -np.inf)
+    best_array = np.where(inside.any(axis=1), window[np.arange(len(rows)), np.argmax(cells, axis=1)],
+                          np.clip(centres, 0, columns - 1)).astype(np.float64)
+    whole = inside.all(axis=1)
+    # A row whose window the matrix's edge cuts can only err inwards, which would flatten the slope and
+    # shorten the span; fit on the uncut rows when there are enough.
+    fit = whole if whole.sum() >= 3 else np.ones(len(rows), bool)
+    if len(rows) < 3:
+        return 1.0, float(np.mean(best_array - rows))
+    slope = float(np.polyfit(rows[fit], best_array[fit], 1)[0])
+    slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
+    return slope, float(np.mean(best_array[fit] - slope * rows[fit]))
