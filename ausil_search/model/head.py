@@ -490,7 +490,9 @@ def _best_line(values: np.ndarray, rows: np.ndarray, offset: int, band: int, max
                         + slopes[None, :, None] * (picked - middle)[None, None, :]).astype(np.int64)
         inside = (lines >= 0) & (lines < columns)
         cells = np.where(inside, values[picked.astype(np.int64)[None, None, :], np.clip(lines, 0, columns - 1)], 0.0)
-        means = cells.sum(axis=2) / np.maximum(inside.sum(axis=2), 1)
+        counts = inside.sum(axis=2)
+        means = cells.sum(axis=2) / np.maximum(counts, 1)
+        means[counts < min(len(picked) / 2, counts.max())] = -np.inf  # a line mostly off the matrix scores by chance
         shift, slope = np.unravel_index(int(np.argmax(means)), means.shape)
         slope_centre, shift_centre = float(slopes[slope]), float(shifts[shift])
         slope_half, shift_half = 2 * slope_half / (grid - 1), 2 * shift_half / (grid - 1)
