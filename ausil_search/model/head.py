@@ -480,7 +480,7 @@ def _best_line(values: np.ndarray, rows: np.ndarray, offset: int, band: int, max
     columns = values.shape[1]
     picked = rows[np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).round().astype(np.int64))]
     middle = float(rows.mean())
-    slope_range = (1 / (1 + max_speed_change), 1 / (1 - max_speed_change))
+    slope_range = _slope_bounds(max_speed_change)
     slope_centre, slope_half = sum(slope_range) / 2, (slope_range[1] - slope_range[0]) / 2
     shift_centre, shift_half = 0.0, float(band)
     for _ in range(2):
@@ -501,7 +501,8 @@ def _best_line(values: np.ndarray, rows: np.ndarray, offset: int, band: int, max
 
 def _fit_run(values: np.ndarray, rows: np.ndarray, centres: np.ndarray, half_width: int,
              max_speed_change: float) -> tuple[float, float]:
-    """Slope and intercept of the line through each row's best column within ``half_width`` of its centre."""
+    """Slope and intercept of the line through each row's best column within ``half_width`` of its
+    centre (at least 3 rows)."""
     columns = values.shape[1]
     centres = np.rint(centres).astype(np.int64)
     window = centres[:, None] + np.arange(-half_width, half_width + 1)[None, :]
@@ -513,8 +514,10 @@ def _fit_run(values: np.ndarray, rows: np.ndarray, centres: np.ndarray, half_wid
     # A row whose window the matrix's edge cuts can only err inwards, which would flatten the slope and
     # shorten the span; fit on the uncut rows when there are enough.
     fit = whole if whole.sum() >= 3 else np.ones(len(rows), bool)
-    if len(rows) < 3:
-        return 1.0, float(np.mean(best_array - rows))
-    slope = float(np.polyfit(rows[fit], best_array[fit], 1)[0])
-    slope = float(np.clip(slope, 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)))
+    slope = float(np.clip(np.polyfit(rows[fit], best_array[fit], 1)[0], *_slope_bounds(max_speed_change)))
     return slope, float(np.mean(best_array[fit] - slope * rows[fit]))
+
+
+def _slope_bounds(max_speed_change: float) -> tuple[float, float]:
+    """Database columns per query row of a copy played up to `max_speed_change` faster or slower."""
+    return 1 / (1 + max_speed_change), 1 / (1 - max_speed_change)

@@ -85,9 +85,8 @@ def frozen_anchor(backbone: WeakMxH64, running_statistics: bool = False) -> Weak
         parameter.requires_grad_(False)
     if running_statistics:
         return anchor.eval()
-    for module in anchor.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.track_running_stats = False
+    for norm in batch_norms(anchor):
+        norm.track_running_stats = False
     return anchor.train()
 
 
@@ -111,7 +110,7 @@ class BackboneTrainer:
         self.config = config
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.anchor = (frozen_anchor(self.backbone, config.frozen_batchnorm) if config.anchor_weight > 0 else None)
+        self.anchor = frozen_anchor(self.backbone, config.frozen_batchnorm) if config.anchor_weight > 0 else None
         trainable = [p for name, p in backbone.named_parameters() if not name.startswith("layer19.")]
         for parameter in backbone.layer19.parameters():
             parameter.requires_grad_(False)  # the classifier plays no part in the descriptor
